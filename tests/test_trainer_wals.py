@@ -1,0 +1,226 @@
+"""The WALS solver against dense NumPy closed-form solves (independent oracles)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer_fixtures import (
+    dense_weights,
+    numpy_objective,
+    numpy_solve_rows,
+    random_ratings,
+)
+
+from trainer.errors import TrainerInputError
+from trainer.sparse import CSR
+from trainer.wals import WALSModel, compute_loss, solve_half_sweep
+from trainer.weights import Weighting
+
+tf = pytest.importorskip("tensorflow")
+
+
+def _edge_matrix(seed: int = 0) -> np.ndarray:
+    """23 × 17 with an empty row, a full row, an empty column, a full column, rows with one
+    entry (k = 8 is larger than most rows' counts)."""
+    d = random_ratings(23, 17, 0.15, seed)
+    d[0, :] = 0.0  # user without observations
+    d[1, :] = np.linspace(0.1, 1.0, 17, dtype=np.float32)  # user with every item
+    d[:, 2] = 0.0  # item without observations
+    d[:, 3] = 0.5  # item every user has
+    d[0, 3] = 0.0
+    d[4, :] = 0.0
+    d[4, 9] = 0.7  # single-entry row
+    return d
+
+
+def _half_sweeps(model: WALSModel, d: np.ndarray, v0: np.ndarray, u0: np.ndarray, **kw):
+    user_plan, item_plan = model.prepare(CSR.from_dense(d), **kw)
+    w0, lam = model.weighting.w0, model.regularization
+    u = solve_half_sweep(tf.constant(v0), user_plan, w0, lam)
+    v = solve_half_sweep(tf.constant(u0), item_plan, w0, lam)
+    return u.numpy(), v.numpy()
+
+
+@pytest.mark.parametrize(
+    "w0,lam,k,batch_size,max_floats",
+    [
+        (0.1, 0.5, 8, 4096, 1 << 24),  # one batch per length bucket
+        (0.0, 0.05, 8, 2, 64),  # w0 = 0, tiny batches: many buckets and splits
+        (1.0, 2.0, 3, 5, 1 << 24),
+    ],
+)
+def test_half_sweeps_equal_dense_closed_form(w0, lam, k, batch_size, max_floats):
+    d = _edge_matrix()
+    rng = np.random.default_rng(1)
+    v0 = rng.standard_normal((17, k)).astype(np.float32)
+    u0 = rng.standard_normal((23, k)).astype(np.float32)
+    model = WALSModel(
+        factors=k, regularization=lam, weighting=Weighting(unobserved_weight=w0),
+        batch_size=batch_size, max_batch_floats=max_floats,
+    )
+    u, v = _half_sweeps(model, d, v0, u0)
+    w = dense_weights(d, w0, np.ones(23), np.ones(17))
+    np.testing.assert_allclose(u, numpy_solve_rows(v0, d, w, lam), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(v, numpy_solve_rows(u0, d.T, w.T, lam), atol=1e-4, rtol=1e-4)
+    assert np.all(u[0] == 0) and np.all(v[2] == 0)  # empty row / column: exactly 0, no NaN
+    assert np.all(np.isfinite(u)) and np.all(np.isfinite(v))
+
+
+def test_half_sweeps_with_row_and_column_weights():
+    d = _edge_matrix(3)
+    rng = np.random.default_rng(2)
+    rw, cw = rng.uniform(0.2, 3.0, 23), rng.uniform(0.0, 5.0, 17)
+    v0 = rng.standard_normal((17, 6)).astype(np.float32)
+    u0 = rng.standard_normal((23, 6)).astype(np.float32)
+    model = WALSModel(factors=6, regularization=0.3, weighting=Weighting(unobserved_weight=0.2))
+    u, v = _half_sweeps(model, d, v0, u0, row_weights=rw, col_weights=cw)
+    w = dense_weights(d, 0.2, rw, cw)
+    np.testing.assert_allclose(u, numpy_solve_rows(v0, d, w, 0.3), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(v, numpy_solve_rows(u0, d.T, w.T, 0.3), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind,param", [("inverse_linear", 7.0), ("inverse_power", 0.6)])
+def test_popularity_column_weights(kind, param):
+    d = _edge_matrix(4)
+    n = (d > 0).sum(axis=0).astype(float)
+    with np.errstate(divide="ignore"):
+        gamma = np.where(n > 0, param / n, 0.0) if kind == "inverse_linear" else np.where(n > 0, n ** -param, 0.0)
+    weighting = Weighting(
+        unobserved_weight=0.05, col_weights=kind, col_weight_factor=param, col_weight_exp=param
+    )
+    rng = np.random.default_rng(5)
+    v0 = rng.standard_normal((17, 4)).astype(np.float32)
+    u0 = rng.standard_normal((23, 4)).astype(np.float32)
+    model = WALSModel(factors=4, regularization=0.1, weighting=weighting)
+    u, v = _half_sweeps(model, d, v0, u0)
+    w = dense_weights(d, 0.05, np.ones(23), gamma)
+    np.testing.assert_allclose(u, numpy_solve_rows(v0, d, w, 0.1), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(v, numpy_solve_rows(u0, d.T, w.T, 0.1), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("confidence", ["linear", "log"])
+def test_implicit_confidence_objective(confidence):
+    d = _edge_matrix(6) * 5.0
+    alpha, eps = 4.0, 0.5
+    f = d if confidence == "linear" else np.log1p(d / eps)
+    w = np.where(d > 0, 1.0 + alpha * f, 1.0)
+    pref = (d > 0).astype(float)
+    rng = np.random.default_rng(7)
+    v0 = rng.standard_normal((17, 5)).astype(np.float32)
+    u0 = rng.standard_normal((23, 5)).astype(np.float32)
+    weighting = Weighting(objective="implicit", alpha=alpha, confidence=confidence, epsilon=eps)
+    model = WALSModel(factors=5, regularization=0.2, weighting=weighting)
+    u, v = _half_sweeps(model, d, v0, u0)
+    np.testing.assert_allclose(u, numpy_solve_rows(v0, pref, w, 0.2), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(v, numpy_solve_rows(u0, pref.T, w.T, 0.2), atol=1e-4, rtol=1e-4)
+
+
+def test_cg_converges_to_closed_form():
+    d = _edge_matrix(8)
+    rng = np.random.default_rng(9)
+    v0 = rng.standard_normal((17, 6))
+    model = WALSModel(factors=6, regularization=0.4, dtype="float64",
+                      weighting=Weighting(unobserved_weight=0.3))
+    user_plan, _ = model.prepare(CSR.from_dense(d))
+    start = tf.constant(rng.standard_normal((23, 6)))
+    u = solve_half_sweep(tf.constant(v0), user_plan, 0.3, 0.4, "cg", cg_steps=30, previous=start)
+    w = dense_weights(d, 0.3, np.ones(23), np.ones(17))
+    np.testing.assert_allclose(u.numpy(), numpy_solve_rows(v0, d, w, 0.4), atol=1e-6)
+    # and 2 steps are not yet the solution (the test above can fail)
+    u2 = solve_half_sweep(tf.constant(v0), user_plan, 0.3, 0.4, "cg", cg_steps=2, previous=start)
+    assert np.abs(u2.numpy() - numpy_solve_rows(v0, d, w, 0.4)).max() > 1e-3
+
+
+def test_loss_and_rwse_equal_dense_objective():
+    d = _edge_matrix(10)
+    rng = np.random.default_rng(11)
+    u = rng.standard_normal((23, 5)).astype(np.float32)
+    v = rng.standard_normal((17, 5)).astype(np.float32)
+    model = WALSModel(factors=5, regularization=0.25, weighting=Weighting(unobserved_weight=0.15))
+    user_plan, _ = model.prepare(CSR.from_dense(d))
+    got = compute_loss(tf.constant(u), tf.constant(v), user_plan, 0.15, 0.25)
+    w = dense_weights(d, 0.15, np.ones(23), np.ones(17))
+    want = numpy_objective(u, v, d, w, 0.25)
+    unreg = numpy_objective(u, v, d, w, 0.0)
+    # the per-entry W·A are stored in float32: agreement to ~1e-7 relative
+    assert got["loss"] == pytest.approx(want, rel=1e-7)
+    assert got["unregularized_loss"] == pytest.approx(unreg, rel=1e-7)
+    assert got["sum_weights"] == pytest.approx(w.sum(), rel=1e-12)
+    assert got["rwse"] == pytest.approx(np.sqrt(unreg / w.sum()), rel=1e-7)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_objective_never_increases(seed, solver):
+    """Property: over random shapes, densities, k, w0, λ and weights the per-sweep objective
+    is non-increasing (float32 solves, float64 loss; relative slack 1e-6)."""
+    rng = np.random.default_rng(100 + seed)
+    n, m = int(rng.integers(2, 40)), int(rng.integers(2, 30))
+    d = random_ratings(n, m, float(rng.uniform(0.05, 0.6)), seed)
+    d[0, 0] = 0.9  # at least one entry
+    k = int(rng.integers(1, 12))
+    w0, lam = float(rng.choice([0.0, rng.uniform(0, 1)])), float(rng.uniform(0.01, 2.0))
+    rw, cw = rng.uniform(0.1, 4.0, n), rng.uniform(0.0, 4.0, m)
+    model = WALSModel(factors=k, regularization=lam, solver=solver, cg_steps=2,
+                      weighting=Weighting(unobserved_weight=w0), random_state=seed)
+    model.fit(CSR.from_dense(d), epochs=6, row_weights=rw, col_weights=cw)
+    losses = [h["loss"] for h in model.history]
+    for a, b in zip(losses, losses[1:]):
+        assert b <= a * (1 + 1e-6) + 1e-9, losses
+    w = dense_weights(d, w0, rw, cw)
+    final = numpy_objective(model.user_factors, model.item_factors, d, w, lam)
+    assert losses[-1] == pytest.approx(final, rel=1e-6)
+
+
+def test_fit_is_deterministic_and_last_half_sweep_is_exact():
+    d = _edge_matrix(12)
+    kw = dict(factors=7, regularization=0.2, weighting=Weighting(unobserved_weight=0.1), random_state=3)
+    a = WALSModel(**kw).fit(CSR.from_dense(d), epochs=3)
+    b = WALSModel(**kw).fit(CSR.from_dense(d), epochs=3)
+    np.testing.assert_array_equal(a.user_factors, b.user_factors)
+    np.testing.assert_array_equal(a.item_factors, b.item_factors)
+    c = WALSModel(**dict(kw, random_state=4)).fit(CSR.from_dense(d), epochs=3)
+    assert not np.array_equal(a.item_factors, c.item_factors)
+    w = dense_weights(d, 0.1, np.ones(23), np.ones(17))
+    np.testing.assert_allclose(
+        a.item_factors, numpy_solve_rows(a.user_factors, d.T, w.T, 0.2), atol=1e-4, rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"factors": 0}, "factors"),
+        ({"factors": 2.5}, "factors"),
+        ({"regularization": 0.0}, "regularization"),
+        ({"regularization": float("nan")}, "regularization"),
+        ({"solver": "lu"}, "solver"),
+        ({"weighting": "x"}, None),
+    ],
+)
+def test_bad_hyperparameters(kwargs, match):
+    if match is None:
+        with pytest.raises(TrainerInputError):
+            WALSModel(weighting=Weighting(unobserved_weight=-1.0))
+        return
+    with pytest.raises(TrainerInputError, match=match):
+        WALSModel(**kwargs)
+
+
+def test_bad_matrices():
+    with pytest.raises(TrainerInputError, match="NaN"):
+        CSR.from_coo([0], [1], [np.nan], (2, 2))
+    with pytest.raises(TrainerInputError, match="inf"):
+        CSR.from_coo([0], [1], [np.inf], (2, 2))
+    with pytest.raises(TrainerInputError, match="out of range"):
+        CSR.from_coo([0], [2], [1.0], (2, 2))
+    with pytest.raises(TrainerInputError, match="duplicate"):
+        CSR.from_coo([0, 0], [1, 1], [1.0, 2.0], (2, 2))
+    with pytest.raises(TrainerInputError, match="no entries"):
+        WALSModel().fit(CSR.from_dense(np.zeros((3, 3))), epochs=1)
+    with pytest.raises(TrainerInputError, match="epochs"):
+        WALSModel().fit(CSR.from_dense(np.eye(3)), epochs=0)
+    with pytest.raises(TrainerInputError, match="implicit"):
+        WALSModel(weighting=Weighting(objective="implicit")).fit(
+            CSR.from_dense(np.array([[1.0, -1.0]])), epochs=1
+        )

@@ -1,0 +1,141 @@
+"""Test helpers for the trainer: small TFRecord datasets written straight from a dense matrix,
+following the contract in ``schemas/records.py`` and ``schemas/metadata.md`` (independent of
+the preprocessing pipeline), and NumPy reference solutions (the oracles)."""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from typing import Iterable, Sequence
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # tests run from a fresh clone without installing the package
+    sys.path.insert(0, str(REPO))
+
+from schemas import records  # noqa: E402
+
+USER_VOCAB = "transform_output/transform_fn/assets/users"
+ITEM_VOCAB = "transform_output/transform_fn/assets/items"
+
+
+# --------------------------------------------------------------------------- data writers
+def example(key: int, indices: Sequence[int], values: Sequence[float]) -> bytes:
+    import tensorflow as tf
+
+    f = tf.train.Feature
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                records.KEY: f(int64_list=tf.train.Int64List(value=[int(key)])),
+                records.INDICES: f(int64_list=tf.train.Int64List(value=[int(i) for i in indices])),
+                records.VALUES: f(float_list=tf.train.FloatList(value=[float(v) for v in values])),
+            }
+        )
+    ).SerializeToString()
+
+
+def write_records(path: pathlib.Path, rows: Iterable[tuple[int, Sequence[int], Sequence[float]]]) -> None:
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for key, idx, val in rows:
+            w.write(example(key, idx, val))
+
+
+def dense_rows(dense: np.ndarray) -> list[tuple[int, list[int], list[float]]]:
+    """Non-empty rows of ``dense`` as (key, indices, values); indices in a shuffled order so the
+    reader cannot rely on sorted records."""
+    rng = np.random.default_rng(123)
+    out = []
+    for i in range(dense.shape[0]):
+        idx = np.flatnonzero(dense[i])
+        if idx.size:
+            idx = rng.permutation(idx)
+            out.append((i, idx.tolist(), dense[i, idx].tolist()))
+    return out
+
+
+def write_dataset(
+    root: pathlib.Path,
+    dense: np.ndarray,
+    user_names: Sequence[str] | None = None,
+    item_names: Sequence[str] | None = None,
+    nshards: int = 2,
+) -> pathlib.Path:
+    """Writes ``metadata.json``, both shard sets and both vocabularies for ``dense`` (users ×
+    items, 0 = unobserved) into ``root``; returns ``root``."""
+    root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    nusers, nitems = dense.shape
+    user_names = list(user_names or [f"visitor-{i:04d}" for i in range(nusers)])
+    item_names = list(item_names or [f"content-{j:04d}" for j in range(nitems)])
+    files = {}
+    for prefix, mat in ((records.ITEMS_FOR_USER, dense), (records.USERS_FOR_ITEM, dense.T)):
+        rows = dense_rows(mat)
+        names = []
+        for s in range(nshards):
+            name = f"{prefix}-{s:05d}-of-{nshards:05d}{records.RECORD_SUFFIX}"
+            # rows are dealt round-robin and reversed, so shards are not in key order
+            write_records(root / name, reversed(rows[s::nshards]))
+            names.append(name)
+        files[prefix] = names
+    for rel, names in ((USER_VOCAB, user_names), (ITEM_VOCAB, item_names)):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("".join(n + "\n" for n in names), encoding="utf-8")
+    meta = {
+        "format_version": 1,
+        "nusers": nusers,
+        "nitems": nitems,
+        "ninteractions": int(np.count_nonzero(dense)),
+        "median_duration": 1000.0,
+        "user_vocabulary": USER_VOCAB,
+        "item_vocabulary": ITEM_VOCAB,
+        records.USERS_FOR_ITEM: files[records.USERS_FOR_ITEM],
+        records.ITEMS_FOR_USER: files[records.ITEMS_FOR_USER],
+        "record_compression": "NONE",
+    }
+    (root / records.METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return root
+
+
+def random_ratings(nusers: int, nitems: int, density: float, seed: int) -> np.ndarray:
+    """Dense matrix with ratings in (0, 1] at a random ``density`` of cells (float32-exact
+    values in a float64 array, as the TFRecords store float32)."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random((nusers, nitems)) < density
+    vals = rng.uniform(0.05, 1.0, (nusers, nitems)).astype(np.float32).astype(np.float64)
+    return np.where(mask, vals, 0.0)
+
+
+# --------------------------------------------------------------------------- oracles
+def dense_weights(dense: np.ndarray, w0: float, row_w: np.ndarray, col_w: np.ndarray) -> np.ndarray:
+    """TF1 WALS weights: w0 + r_i c_j on observed cells, w0 elsewhere."""
+    return np.where(dense != 0, w0 + np.outer(row_w, col_w), w0)
+
+
+def numpy_solve_rows(fixed: np.ndarray, target: np.ndarray, weights: np.ndarray, lam: float) -> np.ndarray:
+    """argmin_X Σ_ij W_ij (T_ij − x_i·f_j)² + λ‖X‖², one dense float64 solve per row."""
+    fixed = fixed.astype(np.float64)
+    k = fixed.shape[1]
+    out = np.zeros((target.shape[0], k))
+    for i in range(target.shape[0]):
+        m = (fixed.T * weights[i]) @ fixed + lam * np.eye(k)
+        out[i] = np.linalg.solve(m, fixed.T @ (weights[i] * target[i]))
+    return out
+
+
+def numpy_objective(u, v, target, weights, lam) -> float:
+    u = u.astype(np.float64)
+    v = v.astype(np.float64)
+    return float((weights * (target - u @ v.T) ** 2).sum() + lam * ((u**2).sum() + (v**2).sum()))
+
+
+def numpy_topk(scores: np.ndarray, seen: np.ndarray, n: int) -> list[list[int]]:
+    """Reference top-n per row by ``np.argsort`` (descending), skipping ``seen`` cells."""
+    out = []
+    for i in range(scores.shape[0]):
+        order = np.argsort(-scores[i], kind="stable")
+        out.append([int(j) for j in order if not seen[i, j]][:n])
+    return out

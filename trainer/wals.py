@@ -1,0 +1,613 @@
+r"""Weighted alternating least squares (WALS) in TensorFlow 2: the solver and the model.
+
+Objective
+---------
+For the ``nusers × nitems`` rating matrix with observed cells ``Ω``, factors
+``U`` (``nusers × k``, row ``u_i``) and ``V`` (``nitems × k``, row ``v_j``)::
+
+    L(U, V) = Σ_{i,j} W_ij (A_ij − u_i·v_j)²  +  λ (‖U‖²_F + ‖V‖²_F)
+
+    W_ij = w0          for (i, j) ∉ Ω  (and A_ij = 0 there)
+    W_ij, A_ij         for (i, j) ∈ Ω  from trainer.weights (default W_ij = w0 + ρ_i γ_j, A_ij = r_ij)
+
+Row half-sweep (``V`` fixed): each ``u_i`` minimises a strictly convex quadratic (``λ > 0``),
+so it is the solution of the normal equations::
+
+    M_i u_i = b_i
+    M_i = w0 G + λ I + Σ_{j∈Ω_i} (W_ij − w0) v_j v_jᵀ,      G = VᵀV = Σ_j v_j v_jᵀ
+    b_i = Σ_{j∈Ω_i} W_ij A_ij v_j
+
+(the unobserved cells contribute ``w0 Σ_{j∉Ω_i} v_j v_jᵀ = w0 G − w0 Σ_{j∈Ω_i} v_j v_jᵀ``, which is
+why only the observed entries appear in the correction). A row with no observations has
+``b_i = 0`` and therefore ``u_i = 0`` exactly. The column half-sweep is the mirror image with
+``U``, ``Ωᵀ`` and ``G = UᵀU``. A *sweep* is a row half-sweep followed by a column half-sweep;
+since each half-sweep minimises ``L`` exactly over one block, ``L`` never increases (up to
+float rounding).
+
+Implementation (no Python loop over rows):
+
+* ``G`` is computed once per half-sweep; ``w0 G + λ I`` is shared by all rows.
+* Non-empty rows are sorted by length and grouped into buckets whose lengths differ by at most
+  a factor 2^(1/4); each bucket is cut into batches of at most ``batch_size`` rows and at most
+  ``max_batch_floats`` gathered floats. A batch is a padded ``(B, L)`` block of column ids,
+  ``W − w0`` and ``W·A`` (padding has weight 0, so it contributes nothing). These blocks are
+  built once (NumPy) and kept on the device.
+* Per batch: ``X = V[idx]`` (``B × L × k``), ``M = Xᵀ diag(W − w0) X + (w0 G + λ I)`` and
+  ``b = Xᵀ (W·A)`` by batched matmul, then a batched Cholesky solve — or, with
+  ``solver="cg"``, ``cg_steps`` conjugate-gradient iterations on ``M x = b`` warm-started from
+  the previous factors, which never forms ``M``: ``M p = (w0 G + λ I) p + Xᵀ((W − w0) ⊙ X p)``.
+  CG from the previous iterate lowers each row's quadratic monotonically, so the objective
+  still never increases, but a half-sweep is no longer the exact minimiser.
+* One ``tf.function`` with dynamic shapes serves every batch (traced once per dtype).
+
+Loss (float64, once per sweep), using ``Σ_{ij} w0 (u_i·v_j)² = w0 · Σ (UᵀU ⊙ VᵀV)``::
+
+    L_unreg = Σ_Ω W A²  − 2 Σ_Ω W A p  + Σ_Ω (W − w0) p²  + w0 Σ (UᵀU ⊙ VᵀV),   p = u_i·v_j
+    L       = L_unreg + λ (‖U‖² + ‖V‖²)
+    RWSE    = sqrt(L_unreg / Σ_{ij} W_ij),   Σ_{ij} W_ij = w0 · nusers · nitems + Σ_Ω (W − w0)
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from trainer import weights as wts
+from trainer.errors import TrainerInputError
+from trainer.sparse import CSR
+
+log = logging.getLogger(__name__)
+
+Solver = Literal["cholesky", "cg"]
+ProgressFn = Callable[[str, int, int], None]
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def default_device() -> str:
+    """``/GPU:0`` when TensorFlow sees a GPU, else ``/CPU:0``."""
+    tf = _tf()
+    return "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
+
+
+# --------------------------------------------------------------------------- batch plan
+@dataclass
+class _Batch:
+    rows: Any  # tf int32 (B,)   row ids
+    idx: Any  # tf int32 (B, L)  column ids (0 in padding)
+    extra: Any  # tf (B, L)      W − w0 (0 in padding)
+    wa: Any  # tf (B, L)         W·A (0 in padding)
+    nnz: int
+
+
+@dataclass
+class SweepPlan:
+    """The padded batches of one orientation (users × items or items × users)."""
+
+    nrows: int
+    ncols: int
+    batches: list[_Batch]
+    inverse: Any  # tf int32 (nrows,): position of row i in the concatenated solutions
+    sum_waa: float  # Σ_Ω W A²   (float64)
+    sum_extra: float  # Σ_Ω (W − w0)
+    nnz: int
+
+
+def build_plan(
+    csr: CSR,
+    w: np.ndarray,
+    a: np.ndarray,
+    w0: float,
+    k: int,
+    batch_size: int,
+    max_batch_floats: int,
+    dtype: Any,
+    device: str,
+) -> SweepPlan:
+    """Groups the non-empty rows of ``csr`` into padded, length-bucketed batches (see module doc).
+
+    ``w`` / ``a`` are the per-entry ``W_ij`` / ``A_ij`` aligned with ``csr.indices``.
+    """
+    tf = _tf()
+    lengths = csr.row_lengths()
+    nonempty = np.flatnonzero(lengths)
+    order = nonempty[np.argsort(lengths[nonempty], kind="stable")]
+    slen = lengths[order]
+    bucket = np.floor(4.0 * np.log2(np.maximum(slen, 1))).astype(np.int64)
+    cuts = np.flatnonzero(np.diff(bucket)) + 1
+    extra_all = w - w0
+    wa_all = w * a
+    batches: list[_Batch] = []
+    row_chunks: list[np.ndarray] = []
+    for grp in np.split(np.arange(order.size), cuts) if order.size else []:
+        rows_g = order[grp]
+        width = int(slen[grp].max())
+        cap = max(1, min(batch_size, max_batch_floats // (width * k), max_batch_floats // (k * k)))
+        for s in range(0, rows_g.size, cap):
+            rows = rows_g[s : s + cap]
+            lens = lengths[rows]
+            col = np.arange(width)[None, :]
+            mask = col < lens[:, None]
+            pos = np.where(mask, csr.indptr[rows][:, None] + col, 0)
+            with tf.device(device):
+                batches.append(
+                    _Batch(
+                        rows=tf.identity(tf.constant(rows.astype(np.int32))),
+                        idx=tf.identity(tf.constant(np.where(mask, csr.indices[pos], 0))),
+                        extra=tf.identity(
+                            tf.constant(np.where(mask, extra_all[pos], 0.0), dtype=dtype)
+                        ),
+                        wa=tf.identity(tf.constant(np.where(mask, wa_all[pos], 0.0), dtype=dtype)),
+                        nnz=int(lens.sum()),
+                    )
+                )
+            row_chunks.append(rows)
+    solved = np.concatenate(row_chunks) if row_chunks else np.zeros(0, np.int64)
+    inverse = np.full(csr.shape[0], solved.size, dtype=np.int32)  # empty rows → zero row
+    inverse[solved] = np.arange(solved.size, dtype=np.int32)
+    with tf.device(device):
+        inv = tf.identity(tf.constant(inverse))
+    return SweepPlan(
+        nrows=csr.shape[0],
+        ncols=csr.shape[1],
+        batches=batches,
+        inverse=inv,
+        sum_waa=float(np.sum(w * a * a)),
+        sum_extra=float(np.sum(extra_all)),
+        nnz=csr.nnz,
+    )
+
+
+# --------------------------------------------------------------------------- TF kernels
+@functools.lru_cache(maxsize=None)
+def _kernels(dtype_name: str, cg_steps: int) -> dict[str, Any]:
+    """The per-batch ``tf.function``s for one dtype (dynamic shapes: traced once)."""
+    tf = _tf()
+    dt = tf.as_dtype(dtype_name)
+    mat = tf.TensorSpec([None, None], dt)
+    ids2 = tf.TensorSpec([None, None], tf.int32)
+    ids1 = tf.TensorSpec([None], tf.int32)
+
+    @tf.function(input_signature=[mat, mat, ids2, mat, mat])
+    def cholesky_batch(fixed, base, idx, extra, wa):
+        x = tf.gather(fixed, idx)  # (B, L, k)
+        m = tf.linalg.matmul(x * extra[..., None], x, transpose_a=True) + base
+        b = tf.linalg.matvec(x, wa, transpose_a=True)  # (B, k)
+        chol = tf.linalg.cholesky(m)
+        return tf.linalg.cholesky_solve(chol, b[..., None])[..., 0]
+
+    @tf.function(input_signature=[mat, mat, ids2, mat, mat, mat])
+    def cg_batch(fixed, base, idx, extra, wa, x0):
+        x_ = tf.gather(fixed, idx)
+
+        def apply(p):
+            return tf.linalg.matmul(p, base) + tf.linalg.matvec(
+                x_, extra * tf.linalg.matvec(x_, p), transpose_a=True
+            )
+
+        x = x0
+        r = tf.linalg.matvec(x_, wa, transpose_a=True) - apply(x)
+        p = r
+        rs = tf.reduce_sum(r * r, axis=-1, keepdims=True)
+        for _ in range(cg_steps):
+            ap = apply(p)
+            alpha = tf.math.divide_no_nan(rs, tf.reduce_sum(p * ap, axis=-1, keepdims=True))
+            x = x + alpha * p
+            r = r - alpha * ap
+            rs_new = tf.reduce_sum(r * r, axis=-1, keepdims=True)
+            p = r + tf.math.divide_no_nan(rs_new, rs) * p
+            rs = rs_new
+        return x
+
+    f64 = tf.TensorSpec([None, None], tf.float64)
+
+    @tf.function(input_signature=[f64, f64, ids1, ids2, mat, mat])
+    def loss_batch(u64, v64, rows, idx, extra, wa):
+        p = tf.linalg.matvec(tf.gather(v64, idx), tf.gather(u64, rows))  # (B, L)
+        e = tf.cast(extra, tf.float64)
+        c = tf.cast(wa, tf.float64)
+        return tf.reduce_sum(e * p * p) - 2.0 * tf.reduce_sum(c * p)
+
+    return {"cholesky": cholesky_batch, "cg": cg_batch, "loss": loss_batch}
+
+
+def solve_half_sweep(
+    fixed: Any,
+    plan: SweepPlan,
+    w0: float,
+    regularization: float,
+    solver: Solver = "cholesky",
+    cg_steps: int = 3,
+    previous: Any = None,
+    progress: ProgressFn | None = None,
+    stage: str = "rows",
+) -> Any:
+    """New factors for all ``plan.nrows`` rows given the other side's ``fixed`` factors.
+
+    Returns a ``(plan.nrows, k)`` tensor; rows without observations are 0. ``previous`` (the
+    current factors of the rows being solved) is the CG warm start.
+    """
+    tf = _tf()
+    k = int(fixed.shape[1])
+    kern = _kernels(fixed.dtype.name, int(cg_steps))
+    gram = tf.linalg.matmul(fixed, fixed, transpose_a=True)
+    base = w0 * gram + regularization * tf.eye(k, dtype=fixed.dtype)
+    outs = []
+    n = len(plan.batches)
+    for t, b in enumerate(plan.batches):
+        if solver == "cholesky":
+            outs.append(kern["cholesky"](fixed, base, b.idx, b.extra, b.wa))
+        else:
+            x0 = tf.gather(previous, b.rows)
+            outs.append(kern["cg"](fixed, base, b.idx, b.extra, b.wa, x0))
+        if progress is not None:
+            progress(stage, t + 1, n)
+    outs.append(tf.zeros([1, k], dtype=fixed.dtype))
+    return tf.gather(tf.concat(outs, axis=0), plan.inverse)
+
+
+def compute_loss(u: Any, v: Any, plan: SweepPlan, w0: float, regularization: float) -> dict:
+    """``loss``, ``unregularized_loss``, ``rwse`` and ``sum_weights`` (see module doc), float64.
+
+    ``plan`` must be the users × items plan (rows of ``u``)."""
+    tf = _tf()
+    u64 = tf.cast(u, tf.float64)
+    v64 = tf.cast(v, tf.float64)
+    kern = _kernels(u.dtype.name, 1)
+    obs = tf.constant(0.0, tf.float64)
+    for b in plan.batches:
+        obs += kern["loss"](u64, v64, b.rows, b.idx, b.extra, b.wa)
+    full = w0 * tf.reduce_sum(
+        tf.linalg.matmul(u64, u64, transpose_a=True) * tf.linalg.matmul(v64, v64, transpose_a=True)
+    )
+    unreg = plan.sum_waa + float(obs.numpy()) + float(full.numpy())
+    reg = regularization * float((tf.reduce_sum(u64 * u64) + tf.reduce_sum(v64 * v64)).numpy())
+    sum_w = w0 * float(plan.nrows) * float(plan.ncols) + plan.sum_extra
+    rwse = float(np.sqrt(max(unreg, 0.0) / sum_w)) if sum_w > 0 else float("nan")
+    return {
+        "loss": unreg + reg,
+        "unregularized_loss": unreg,
+        "rwse": rwse,
+        "sum_weights": sum_w,
+    }
+
+
+# --------------------------------------------------------------------------- model
+@dataclass
+class TrainingState:
+    """Everything needed to continue a run: factors after ``sweeps_done`` sweeps + history."""
+
+    sweeps_done: int
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+    history: list[dict] = field(default_factory=list)
+
+
+class WALSModel:
+    """Weighted matrix factorisation by alternating exact least squares.
+
+    Interface in the style of ``implicit``: :meth:`fit`, :meth:`recommend`,
+    :meth:`recommend_users`, :meth:`recalculate_user`; the factors are
+    :attr:`user_factors` / :attr:`item_factors` (NumPy, float32) after fitting.
+    """
+
+    def __init__(
+        self,
+        factors: int = 10,
+        regularization: float = 0.1,
+        weighting: wts.Weighting | None = None,
+        solver: Solver = "cholesky",
+        cg_steps: int = 3,
+        batch_size: int = 4096,
+        max_batch_floats: int = 1 << 24,
+        random_state: int = 0,
+        dtype: str = "float32",
+        device: str | None = None,
+    ) -> None:
+        if isinstance(factors, bool) or not isinstance(factors, (int, np.integer)) or factors < 1:
+            raise TrainerInputError(f"factors (--n_embeds) must be an integer >= 1, got {factors!r}")
+        if not np.isfinite(regularization) or regularization <= 0:
+            raise TrainerInputError(
+                f"regularization must be > 0 (with λ = 0 the normal equations can be "
+                f"singular), got {regularization}"
+            )
+        if solver not in ("cholesky", "cg"):
+            raise TrainerInputError(f"solver must be 'cholesky' or 'cg', not {solver!r}")
+        if cg_steps < 1:
+            raise TrainerInputError(f"cg_steps must be >= 1, got {cg_steps}")
+        if batch_size < 1:
+            raise TrainerInputError(f"batch_size must be >= 1, got {batch_size}")
+        if dtype not in ("float32", "float64"):
+            raise TrainerInputError(f"dtype must be float32 or float64, not {dtype!r}")
+        self.factors = int(factors)
+        self.regularization = float(regularization)
+        self.weighting = weighting if weighting is not None else wts.Weighting()
+        self.solver: Solver = solver
+        self.cg_steps = int(cg_steps)
+        self.batch_size = int(batch_size)
+        self.max_batch_floats = int(max_batch_floats)
+        self.random_state = int(random_state)
+        self.dtype = dtype
+        self.device = device
+        self.user_factors: np.ndarray | None = None
+        self.item_factors: np.ndarray | None = None
+        self.row_weights: np.ndarray | None = None
+        self.col_weights: np.ndarray | None = None
+        self.user_items: CSR | None = None
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ helpers
+    def hyperparameters(self) -> dict:
+        return {
+            "n_embeds": self.factors,
+            "regularization": self.regularization,
+            "solver": self.solver,
+            "cg_steps": self.cg_steps,
+            "batch_size": self.batch_size,
+            "max_batch_floats": self.max_batch_floats,
+            "seed": self.random_state,
+            "dtype": self.dtype,
+            **self.weighting.to_dict(),
+        }
+
+    def _device(self) -> str:
+        return self.device or default_device()
+
+    def initial_factors(self, nusers: int, nitems: int) -> tuple[np.ndarray, np.ndarray]:
+        """Seeded N(0, 0.1²/k) initial factors (``V`` is what the first row half-sweep uses;
+        ``U`` only seeds the CG warm start)."""
+        rng = np.random.default_rng(self.random_state)
+        scale = 0.1 / np.sqrt(self.factors)
+        v = (rng.standard_normal((nitems, self.factors)) * scale).astype(self.dtype)
+        u = (rng.standard_normal((nusers, self.factors)) * scale).astype(self.dtype)
+        return u, v
+
+    def entry_weights(
+        self, user_items: CSR, item_users: CSR
+    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """``(W, A)`` per stored entry of each orientation."""
+        rho, gamma = self.row_weights, self.col_weights
+        ui = wts.observed(
+            self.weighting, user_items.values, rho[user_items.row_ids()], gamma[user_items.indices]
+        )
+        iu = wts.observed(
+            self.weighting, item_users.values, rho[item_users.indices], gamma[item_users.row_ids()]
+        )
+        return ui, iu
+
+    def prepare(
+        self,
+        user_items: CSR,
+        item_users: CSR | None = None,
+        row_weights: np.ndarray | None = None,
+        col_weights: np.ndarray | None = None,
+    ) -> tuple[SweepPlan, SweepPlan]:
+        """Validates the matrices and weights and builds both sweep plans."""
+        tf = _tf()
+        if not isinstance(user_items, CSR):
+            raise TrainerInputError("user_items must be a trainer.sparse.CSR")
+        nusers, nitems = user_items.shape
+        if nusers < 1 or nitems < 1:
+            raise TrainerInputError(f"empty matrix shape {user_items.shape}")
+        if user_items.nnz == 0:
+            raise TrainerInputError("the rating matrix has no entries")
+        if not np.all(np.isfinite(user_items.values)):
+            raise TrainerInputError("NaN/inf ratings refused")
+        if item_users is None:
+            item_users = user_items.transpose()
+        elif not item_users.same_entries_as_transpose_of(user_items):
+            raise TrainerInputError("item_users is not the transpose of user_items")
+        if row_weights is None:
+            row_weights = np.ones(nusers)
+        if col_weights is None:
+            col_weights = self.weighting.column_weights(wts.item_positive_counts(user_items))
+        row_weights = np.asarray(row_weights, np.float64)
+        col_weights = np.asarray(col_weights, np.float64)
+        if row_weights.shape != (nusers,) or col_weights.shape != (nitems,):
+            raise TrainerInputError("row_weights/col_weights must have nusers/nitems entries")
+        self.row_weights, self.col_weights = row_weights, col_weights
+        (w_ui, a_ui), (w_iu, a_iu) = self.entry_weights(user_items, item_users)
+        dt = tf.as_dtype(self.dtype)
+        w0 = self.weighting.w0
+        dev = self._device()
+        args = (self.factors, self.batch_size, self.max_batch_floats, dt, dev)
+        user_plan = build_plan(user_items, w_ui, a_ui, w0, *args)
+        item_plan = build_plan(item_users, w_iu, a_iu, w0, *args)
+        self.user_items = user_items
+        return user_plan, item_plan
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        user_items: CSR,
+        item_users: CSR | None = None,
+        epochs: int = 10,
+        *,
+        row_weights: np.ndarray | None = None,
+        col_weights: np.ndarray | None = None,
+        state: TrainingState | None = None,
+        callback: Callable[[TrainingState], None] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> "WALSModel":
+        """Runs sweeps ``state.sweeps_done + 1 .. epochs`` (all of them without ``state``).
+
+        After each sweep the loss/RWSE are computed and ``callback(state)`` is called (it may
+        checkpoint, log, or raise to stop). The run is deterministic on CPU for a fixed
+        ``random_state``, so resuming from a saved state gives the same factors.
+        """
+        tf = _tf()
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+            raise TrainerInputError(f"epochs (--num_epochs) must be an integer >= 1, got {epochs!r}")
+        user_plan, item_plan = self.prepare(user_items, item_users, row_weights, col_weights)
+        nusers, nitems = user_items.shape
+        if state is None:
+            u0, v0 = self.initial_factors(nusers, nitems)
+            state = TrainingState(0, u0, v0, [])
+        if state.user_factors.shape != (nusers, self.factors) or state.item_factors.shape != (
+            nitems,
+            self.factors,
+        ):
+            raise TrainerInputError("resumed factors do not match the data shape / n_embeds")
+        w0, lam = self.weighting.w0, self.regularization
+        dev = self._device()
+        with tf.device(dev):
+            u = tf.identity(tf.constant(state.user_factors.astype(self.dtype)))
+            v = tf.identity(tf.constant(state.item_factors.astype(self.dtype)))
+            history = list(state.history)
+            for sweep in range(state.sweeps_done + 1, epochs + 1):
+                t0 = time.perf_counter()
+                u = solve_half_sweep(
+                    v, user_plan, w0, lam, self.solver, self.cg_steps,
+                    previous=u, progress=progress, stage=f"sweep {sweep}/{epochs} users",
+                )
+                v = solve_half_sweep(
+                    u, item_plan, w0, lam, self.solver, self.cg_steps,
+                    previous=v, progress=progress, stage=f"sweep {sweep}/{epochs} items",
+                )
+                _ = v.numpy()  # wait for the device before taking the time
+                seconds = time.perf_counter() - t0
+                metrics = compute_loss(u, v, user_plan, w0, lam)
+                if not np.isfinite(metrics["loss"]):
+                    raise FloatingPointError(f"loss became {metrics['loss']} at sweep {sweep}")
+                history.append({"sweep": sweep, "seconds": seconds, **metrics})
+                state = TrainingState(sweep, u.numpy(), v.numpy(), list(history))
+                self.user_factors, self.item_factors, self.history = (
+                    state.user_factors,
+                    state.item_factors,
+                    state.history,
+                )
+                if callback is not None:
+                    callback(state)
+        self.user_factors = state.user_factors.astype(np.float32)
+        self.item_factors = state.item_factors.astype(np.float32)
+        self.history = list(state.history)
+        return self
+
+    def loss(self, user_items: CSR | None = None) -> dict:
+        """Objective of the current factors on ``user_items`` (default: the training matrix)."""
+        tf = _tf()
+        self._check_fitted()
+        user_items = user_items if user_items is not None else self.user_items
+        user_plan, _ = self.prepare(user_items, None, self.row_weights, self.col_weights)
+        with tf.device(self._device()):
+            return compute_loss(
+                tf.constant(self.user_factors.astype(self.dtype)),
+                tf.constant(self.item_factors.astype(self.dtype)),
+                user_plan,
+                self.weighting.w0,
+                self.regularization,
+            )
+
+    # ------------------------------------------------------------------ inference
+    def _check_fitted(self) -> None:
+        if self.user_factors is None or self.item_factors is None:
+            raise RuntimeError("model is not fitted")
+
+    def recommend(
+        self,
+        userids: int | np.ndarray,
+        user_items: CSR | None = None,
+        N: int = 10,
+        filter_already_liked_items: bool = True,
+        batch_size: int = 1024,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``N`` items for each user in ``userids`` (dense IDs), best first.
+
+        ``user_items`` (nusers × nitems, default: the training matrix) names the items to
+        filter. Returns ``(ids, scores)`` of shape ``(len(userids), N)``; slots with nothing to
+        recommend hold id −1 and score −inf (a user with an all-zero factor — no training
+        interactions — gets none).
+        """
+        from trainer.recommend import top_k
+
+        self._check_fitted()
+        scalar = np.isscalar(userids)
+        ids = np.atleast_1d(np.asarray(userids, dtype=np.int64))
+        if ids.size and (ids.min() < 0 or ids.max() >= self.user_factors.shape[0]):
+            raise TrainerInputError("user id out of range")
+        exclude = None
+        if filter_already_liked_items:
+            m = user_items if user_items is not None else self.user_items
+            if m is None:
+                raise TrainerInputError("filter_already_liked_items needs user_items")
+            exclude = m.take_rows(ids)
+        out_ids, scores = top_k(
+            self.user_factors[ids], self.item_factors, N, exclude=exclude, batch_size=batch_size,
+            device=self._device(),
+        )
+        return (out_ids[0], scores[0]) if scalar else (out_ids, scores)
+
+    def recommend_users(
+        self,
+        itemids: int | np.ndarray,
+        item_users: CSR | None = None,
+        N: int = 10,
+        filter_already_liked_items: bool = True,
+        batch_size: int = 1024,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``N`` users for each item (targeting); the mirror image of :meth:`recommend`."""
+        from trainer.recommend import top_k
+
+        self._check_fitted()
+        scalar = np.isscalar(itemids)
+        ids = np.atleast_1d(np.asarray(itemids, dtype=np.int64))
+        if ids.size and (ids.min() < 0 or ids.max() >= self.item_factors.shape[0]):
+            raise TrainerInputError("item id out of range")
+        exclude = None
+        if filter_already_liked_items:
+            m = item_users
+            if m is None:
+                if self.user_items is None:
+                    raise TrainerInputError("filter_already_liked_items needs item_users")
+                m = self.user_items.transpose()
+            exclude = m.take_rows(ids)
+        out_ids, scores = top_k(
+            self.item_factors[ids], self.user_factors, N, exclude=exclude, batch_size=batch_size,
+            device=self._device(),
+        )
+        return (out_ids[0], scores[0]) if scalar else (out_ids, scores)
+
+    def recalculate_user(self, item_ids: np.ndarray, ratings: np.ndarray) -> np.ndarray:
+        """Fold-in: the factor a new user with these (item, rating) pairs gets from one exact
+        row solve against the fixed ``item_factors`` (row weight ρ = 1), float32 ``(k,)``.
+
+        Repeated item IDs are merged by summing their ratings.
+        """
+        tf = _tf()
+        self._check_fitted()
+        item_ids = np.asarray(item_ids, dtype=np.int64).ravel()
+        ratings = np.asarray(ratings, dtype=np.float64).ravel()
+        if item_ids.shape != ratings.shape:
+            raise TrainerInputError("item_ids and ratings must have the same length")
+        nitems = self.item_factors.shape[0]
+        row = CSR.from_coo(
+            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), (1, nitems)
+        ) if item_ids.size == 0 else _merge_row(item_ids, ratings, nitems)
+        w, a = wts.observed(self.weighting, row.values, 1.0, self.col_weights[row.indices])
+        dt = tf.as_dtype(self.dtype)
+        with tf.device(self._device()):
+            plan = build_plan(
+                row, w, a, self.weighting.w0, self.factors, 1, self.max_batch_floats, dt,
+                self._device(),
+            )
+            v = tf.constant(self.item_factors.astype(self.dtype))
+            u = solve_half_sweep(v, plan, self.weighting.w0, self.regularization, "cholesky")
+        return u.numpy()[0].astype(np.float32)
+
+
+def _merge_row(item_ids: np.ndarray, ratings: np.ndarray, nitems: int) -> CSR:
+    if item_ids.min() < 0 or item_ids.max() >= nitems:
+        raise TrainerInputError(f"item id out of range [0, {nitems})")
+    if not np.all(np.isfinite(ratings)):
+        raise TrainerInputError("NaN/inf ratings refused")
+    uniq, inv = np.unique(item_ids, return_inverse=True)
+    summed = np.bincount(inv, weights=ratings, minlength=uniq.size)
+    return CSR.from_coo(np.zeros(uniq.size, np.int64), uniq, summed, (1, nitems))

@@ -1,0 +1,137 @@
+r"""Observation weights ``W_ij`` and targets ``A_ij`` of the weighted objective.
+
+Every objective the trainer offers is a special case of
+
+.. math::
+
+    L(U, V) = \sum_{i,j} W_{ij} (A_{ij} - u_i \cdot v_j)^2 + \lambda (\|U\|_F^2 + \|V\|_F^2)
+
+with one weight ``w0`` for every unobserved cell (where the target is 0) and a per-entry weight
+and target on the observed cells ``(i, j) ∈ Ω``. This module computes ``w0`` and, for the
+observed entries, ``W_ij`` and ``A_ij``:
+
+``objective="wals"`` (default; the objective TF1's ``WALSModel`` documented)
+    ``A_ij = r_ij`` (the rating), ``W_ij = w0 + ρ_i γ_j`` on Ω, ``W_ij = w0`` elsewhere, with
+    ``w0 = unobserved_weight``, row weights ``ρ_i`` (1 here) and column weights ``γ_j``:
+
+    * ``col_weights="uniform"``:         ``γ_j = 1``
+    * ``col_weights="inverse_linear"``:  ``γ_j = col_weight_factor / n_j``
+    * ``col_weights="inverse_power"``:   ``γ_j = n_j ** (-col_weight_exp)``
+
+    where ``n_j`` is the number of positive ratings of item ``j`` (``γ_j = 0`` when ``n_j = 0``).
+    The two inverse-popularity forms are the per-item weights of Google Cloud's 2017 WALS
+    recommendation solution (its ``LINEAR_RATINGS`` and ``LOG_RATINGS`` weight types; defaults
+    130 and 0.08 are its defaults).
+
+``objective="implicit"`` (Hu, Koren & Volinsky 2008; ``implicit``, Spark ALS, BigQuery ML)
+    preference ``A_ij = 1 if r_ij > 0 else 0``, confidence ``W_ij = 1 + α r_ij``
+    (``confidence="linear"``) or ``W_ij = 1 + α log(1 + r_ij / ε)`` (``confidence="log"``) on Ω
+    and ``W_ij = w0 = 1`` elsewhere (``unobserved_weight`` does not apply).
+
+The solver needs ``W_ij ≥ w0`` on Ω (so each normal-equation matrix is positive definite with
+``λ > 0``); :func:`observed` checks it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+
+from trainer.errors import TrainerInputError
+from trainer.sparse import CSR
+
+Objective = Literal["wals", "implicit"]
+Confidence = Literal["linear", "log"]
+ColWeights = Literal["uniform", "inverse_linear", "inverse_power"]
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """Hyperparameters that define ``W`` and ``A`` (see the module docstring)."""
+
+    objective: Objective = "wals"
+    unobserved_weight: float = 0.1
+    alpha: float = 1.0
+    confidence: Confidence = "linear"
+    epsilon: float = 1.0
+    col_weights: ColWeights = "uniform"
+    col_weight_factor: float = 130.0
+    col_weight_exp: float = 0.08
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("wals", "implicit"):
+            raise TrainerInputError(f"objective must be 'wals' or 'implicit', not {self.objective!r}")
+        if self.confidence not in ("linear", "log"):
+            raise TrainerInputError(f"confidence must be 'linear' or 'log', not {self.confidence!r}")
+        if self.col_weights not in ("uniform", "inverse_linear", "inverse_power"):
+            raise TrainerInputError(f"unknown col_weights {self.col_weights!r}")
+        for name in ("unobserved_weight", "alpha", "epsilon", "col_weight_factor", "col_weight_exp"):
+            v = getattr(self, name)
+            if not np.isfinite(v):
+                raise TrainerInputError(f"{name} must be finite, got {v}")
+        if self.unobserved_weight < 0:
+            raise TrainerInputError(f"unobserved_weight must be >= 0, got {self.unobserved_weight}")
+        if self.alpha < 0:
+            raise TrainerInputError(f"alpha must be >= 0, got {self.alpha}")
+        if self.epsilon <= 0:
+            raise TrainerInputError(f"epsilon must be > 0, got {self.epsilon}")
+        if self.col_weight_factor < 0:
+            raise TrainerInputError(f"col_weight_factor must be >= 0, got {self.col_weight_factor}")
+        if self.objective == "implicit" and self.col_weights != "uniform":
+            raise TrainerInputError("col_weights only applies to objective='wals'")
+
+    @property
+    def w0(self) -> float:
+        """Weight of every unobserved cell."""
+        return 1.0 if self.objective == "implicit" else float(self.unobserved_weight)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def column_weights(self, item_counts: np.ndarray) -> np.ndarray:
+        """``γ_j`` from ``n_j`` (positive ratings per item), float64."""
+        n = np.asarray(item_counts, dtype=np.float64)
+        if self.col_weights == "uniform":
+            return np.ones_like(n)
+        with np.errstate(divide="ignore"):
+            inv = np.where(n > 0, 1.0 / np.maximum(n, 1.0), 0.0)
+        if self.col_weights == "inverse_linear":
+            return self.col_weight_factor * inv
+        return np.where(n > 0, inv**self.col_weight_exp, 0.0)
+
+
+def item_positive_counts(user_items: CSR) -> np.ndarray:
+    """``n_j``: number of users with a positive rating of item ``j``."""
+    return np.bincount(
+        user_items.indices[user_items.values > 0], minlength=user_items.shape[1]
+    ).astype(np.int64)
+
+
+def observed(
+    weighting: Weighting,
+    values: np.ndarray,
+    row_weight: np.ndarray | float,
+    col_weight: np.ndarray | float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, A)`` (float64) for observed entries with ratings ``values``.
+
+    ``row_weight`` / ``col_weight`` are ``ρ_i`` / ``γ_j`` already gathered per entry (arrays of
+    the same length as ``values``, or scalars). Only used by ``objective="wals"``.
+    """
+    r = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(r)):
+        raise TrainerInputError("NaN/inf ratings refused")
+    if weighting.objective == "wals":
+        extra = np.asarray(row_weight, np.float64) * np.asarray(col_weight, np.float64)
+        if np.any(extra < 0) or not np.all(np.isfinite(extra)):
+            raise TrainerInputError("row/column weights must be finite and >= 0")
+        w = weighting.w0 + extra * np.ones_like(r)
+        return w, r
+    if np.any(r < 0):
+        raise TrainerInputError("objective='implicit' needs ratings >= 0 (confidences)")
+    if weighting.confidence == "linear":
+        w = 1.0 + weighting.alpha * r
+    else:
+        w = 1.0 + weighting.alpha * np.log1p(r / weighting.epsilon)
+    return w, (r > 0).astype(np.float64)
