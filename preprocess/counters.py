@@ -1,0 +1,35 @@
+"""Names of the Beam metrics counters the pipeline keeps (namespace ``preprocess``).
+
+Every row that does not make it into the output is counted under ``dropped_<reason>``;
+``metadata.json`` and the final log line report them. ``DROP_REASONS`` documents each one.
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+
+NAMESPACE = "preprocess"
+DROPPED_PREFIX = "dropped_"
+
+DROP_REASONS = {
+    "malformed_json": "line is not a JSON object",
+    "malformed_csv": "CSV row with the wrong number of columns or unreadable quoting",
+    "missing_visitor_id": "fullVisitorId / visitorId null or empty",
+    "invalid_visitor_id": "visitor ID with a tab, line break or other control character, or not text",
+    "missing_visit_number": "visitNumber null, empty or not a non-negative integer",
+    "missing_hits": "GA session without a hits array",
+    "invalid_time": "hit time null, non-numeric, negative or not finite",
+    "invalid_content_id": "content ID with a tab, line break or other control character, or not text",
+    "hit_without_item": "hit (of the kept type) with no content ID; it still ends the previous hit's time",
+    "other_hit_type": "hit whose hits.type is not --hit_type",
+    "invalid_duration": "interactions_csv / query row whose session_duration is not a finite number",
+    "nonpositive_duration": "(visitor, item) whose summed time is 0 or less",
+}
+
+
+def counter(name: str) -> beam.metrics.metric.Metrics.DelegatingCounter:
+    return beam.metrics.Metrics.counter(NAMESPACE, name)
+
+
+def dropped(reason: str) -> beam.metrics.metric.Metrics.DelegatingCounter:
+    assert reason in DROP_REASONS, reason
+    return counter(DROPPED_PREFIX + reason)

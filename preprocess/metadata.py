@@ -1,0 +1,140 @@
+"""``metadata.json``: what the trainer needs to know about a preprocessing run.
+
+Assembled after the job from its outputs (vocabulary files, shards, the median file) and
+its metrics counters; see ``schemas/metadata.md`` for the contract. Paths are relative to
+the output folder so it can be moved between local disk and gs://.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from typing import Optional
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+
+from preprocess import counters, pipeline as graph, transform
+from preprocess.options import PreprocessOptions
+from schemas import records as contract
+
+FORMAT_VERSION = 1
+
+
+class NoInteractionsError(RuntimeError):
+    """The input held no usable interaction (empty, or every row dropped)."""
+
+
+def counter_values(result) -> dict:
+    """``{counter name: value}`` of the pipeline's own counters (committed when supported)."""
+    found = result.metrics().query(MetricsFilter().with_namespace(counters.NAMESPACE))["counters"]
+    values: dict = {}
+    for item in found:
+        try:
+            value = item.committed
+        except Exception:  # some runners only report attempted values
+            value = None
+        if value is None:
+            value = item.attempted
+        values[item.key.metric.name] = values.get(item.key.metric.name, 0) + int(value or 0)
+    return values
+
+
+def _read(path: str) -> bytes:
+    with FileSystems.open(path) as handle:
+        return handle.read()
+
+
+def count_lines(path: str) -> int:
+    data = _read(path)
+    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+
+
+def _relative(paths: list, output_dir: str) -> list:
+    prefix = output_dir.rstrip("/") + "/"
+    return sorted(p[len(prefix):] if p.startswith(prefix) else p for p in paths)
+
+
+def _shards(output_dir: str, prefix: str) -> list:
+    pattern = FileSystems.join(output_dir, f"{prefix}-*{contract.RECORD_SUFFIX}")
+    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+
+
+def vocabulary_path(name: str) -> str:
+    return posixpath.join(graph.TRANSFORM_OUTPUT, "transform_fn", "assets", name)
+
+
+def build_metadata(result, options: PreprocessOptions) -> dict:
+    out = options.output_dir
+    values = counter_values(result)
+    dropped = {
+        reason: values.get(counters.DROPPED_PREFIX + reason, 0) for reason in counters.DROP_REASONS
+    }
+    ninteractions = values.get("interactions", 0)
+    if ninteractions == 0:
+        raise NoInteractionsError(
+            "No interactions survived preprocessing: the input is empty or every row was dropped "
+            f"(dropped by reason: { {k: v for k, v in dropped.items() if v} })."
+        )
+    median_text = _read(FileSystems.join(out, graph.STATS_DIR, graph.MEDIAN_FILE)).decode()
+    median: Optional[float] = json.loads(median_text)["median_duration"]
+    user_vocab = vocabulary_path(transform.USER_VOCABULARY)
+    item_vocab = vocabulary_path(transform.ITEM_VOCABULARY)
+    return {
+        "format_version": FORMAT_VERSION,
+        "nusers": count_lines(FileSystems.join(out, user_vocab)),
+        "nitems": count_lines(FileSystems.join(out, item_vocab)),
+        "ninteractions": ninteractions,
+        "median_duration": median,
+        "rating": {
+            "scale": options.rating_scale,
+            "cap": options.rating_cap,
+            "formula": "min(scale * session_duration / median_duration, cap)",
+        },
+        "user_vocabulary": user_vocab,
+        "item_vocabulary": item_vocab,
+        contract.USERS_FOR_ITEM: _relative(_shards(out, contract.USERS_FOR_ITEM), out),
+        contract.ITEMS_FOR_USER: _relative(_shards(out, contract.ITEMS_FOR_USER), out),
+        "record_compression": "NONE",
+        "transform_output": graph.TRANSFORM_OUTPUT,
+        "dropped": dropped,
+        "sessions": values.get("sessions", 0),
+        "input": _describe_input(options),
+    }
+
+
+def _describe_input(options: PreprocessOptions) -> dict:
+    o = options
+    if o.bq_table or o.query:
+        return {"source": "bigquery", "table": o.bq_table, "custom_query": bool(o.query),
+                "item_source": o.item_source, "content_dimension_index": o.content_dimension_index,
+                "hit_type": o.hit_type, "start_date": o.start_date, "end_date": o.end_date}
+    described = {"source": o.input_format, "pattern": o.input}
+    if o.input_format == "ga_json":
+        described.update(item_source=o.item_source, content_dimension_index=o.content_dimension_index,
+                         hit_type=o.hit_type)
+    if o.input_format == "hits_csv":
+        described["item_field"] = o.item_field
+    return described
+
+
+def write_metadata(metadata: dict, output_dir: str) -> str:
+    path = FileSystems.join(output_dir, contract.METADATA_FILE)
+    with FileSystems.create(path) as handle:
+        handle.write(json.dumps(metadata, indent=2, sort_keys=True).encode("utf-8"))
+    return path
+
+
+def log_summary(metadata: dict) -> None:
+    dropped = {k: v for k, v in metadata["dropped"].items() if v}
+    logging.info(
+        "Wrote %d interactions: %d users x %d items, median duration %s.",
+        metadata["ninteractions"], metadata["nusers"], metadata["nitems"], metadata["median_duration"],
+    )
+    if dropped:
+        logging.info(
+            "Dropped %d rows/hits: %s", sum(dropped.values()),
+            ", ".join(f"{reason}={count} ({counters.DROP_REASONS[reason]})" for reason, count in dropped.items()),
+        )
+    else:
+        logging.info("Dropped 0 rows.")

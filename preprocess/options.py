@@ -1,0 +1,134 @@
+"""Every flag of the preprocessing job, in one place.
+
+``PreprocessOptions`` is a Beam ``PipelineOptions`` subclass, so the same flags work on the
+local runner and on Dataflow, and ``--help`` lists them next to Beam's own.
+"""
+from __future__ import annotations
+
+import argparse
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+INPUT_FORMATS = ("ga_json", "hits_csv", "interactions_csv")
+ITEM_SOURCES = ("custom_dimension", "page_path", "product_sku")
+
+
+class PreprocessOptions(PipelineOptions):
+    """Flags of ``python -m preprocess``."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        source = parser.add_argument_group("input (choose one of --bq_table, --query, --input)")
+        source.add_argument(
+            "--bq_table",
+            help="GA360 export table in BigQuery, PROJECT.DATASET.ga_sessions_* (wildcards allowed). "
+            "Read with the project's SQL (schemas/ga360_interactions.sql).",
+        )
+        source.add_argument(
+            "--query",
+            help="Your own standard-SQL query instead of the project's; it must return the columns "
+            "visitorId STRING, contentId STRING, session_duration INT64/FLOAT64.",
+        )
+        source.add_argument(
+            "--start_date",
+            help="With --bq_table on a wildcard table: first _TABLE_SUFFIX to read, YYYYMMDD.",
+        )
+        source.add_argument(
+            "--end_date",
+            help="With --bq_table on a wildcard table: last _TABLE_SUFFIX to read, YYYYMMDD.",
+        )
+        source.add_argument(
+            "--input",
+            help="Local or gs:// file pattern of input files (see --input_format).",
+        )
+        source.add_argument(
+            "--input_format",
+            choices=INPUT_FORMATS,
+            default="ga_json",
+            help="ga_json: newline-delimited JSON sessions in the BigQuery GA360 export schema; "
+            "hits_csv: one row per hit with a header holding fullVisitorId,visitNumber,time and "
+            "the item column (--item_field), optionally hitNumber; interactions_csv: header "
+            "visitorId,contentId,session_duration (what the SQL returns).",
+        )
+        source.add_argument(
+            "--item_source",
+            choices=ITEM_SOURCES,
+            default="custom_dimension",
+            help="Where the item ID of a GA360 hit comes from (ga_json and BigQuery): a hit-level "
+            "custom dimension (--content_dimension_index), hits.page.pagePath, or "
+            "hits.product.productSKU.",
+        )
+        source.add_argument(
+            "--content_dimension_index",
+            type=int,
+            default=10,
+            help="Index of the hit-level custom dimension that holds the content ID "
+            "(10 in the Kurier.at layout).",
+        )
+        source.add_argument(
+            "--hit_type",
+            default="PAGE",
+            help="Only hits of this hits.type are sessionized (ga_json and BigQuery). "
+            "Use ALL to keep every hit type (e.g. product events).",
+        )
+        source.add_argument(
+            "--item_field",
+            default="contentId",
+            help="hits_csv: name of the column holding the item ID (productSKU for the GA sample CSV).",
+        )
+
+        out = parser.add_argument_group("output")
+        out.add_argument(
+            "--output_dir",
+            default="output",
+            help="Local or gs:// folder for TFRecords, vocabularies, transform_fn and metadata.json.",
+        )
+        out.add_argument(
+            "--num_shards",
+            type=int,
+            default=0,
+            help="Shards per TFRecord output; 0 lets the runner choose.",
+        )
+        out.add_argument(
+            "--rating_scale",
+            type=float,
+            default=0.3,
+            help="rating = min(rating_scale * session_duration / median, rating_cap).",
+        )
+        out.add_argument(
+            "--rating_cap",
+            type=float,
+            default=1.0,
+            help="Upper bound of a rating.",
+        )
+
+
+def validate(options: PreprocessOptions) -> None:
+    """Raises ``ValueError`` with a readable message when the flags do not make a job."""
+    o = options
+    chosen = [name for name in ("bq_table", "query", "input") if getattr(o, name)]
+    if len(chosen) != 1:
+        raise ValueError(
+            "Give exactly one input: --bq_table, --query or --input "
+            f"(got {', '.join('--' + c for c in chosen) or 'none'})."
+        )
+    if (o.start_date or o.end_date) and not o.bq_table:
+        raise ValueError("--start_date/--end_date only apply to --bq_table.")
+    if bool(o.start_date) != bool(o.end_date):
+        raise ValueError("Give both --start_date and --end_date, or neither.")
+    for flag in ("start_date", "end_date"):
+        value = getattr(o, flag)
+        if value and not (len(value) == 8 and value.isdigit()):
+            raise ValueError(f"--{flag} must be YYYYMMDD, got {value!r}.")
+    if o.bq_table and (o.bq_table.count(".") != 2 or any(c in o.bq_table for c in "`; \n")):
+        raise ValueError(f"--bq_table must look like PROJECT.DATASET.TABLE, got {o.bq_table!r}.")
+    if o.content_dimension_index < 1:
+        raise ValueError("--content_dimension_index must be >= 1.")
+    if not o.hit_type or any(c in o.hit_type for c in "'\"\\"):
+        raise ValueError(f"--hit_type must be a plain word, got {o.hit_type!r}.")
+    if o.rating_scale <= 0 or o.rating_cap <= 0:
+        raise ValueError("--rating_scale and --rating_cap must be positive.")
+    if o.num_shards < 0:
+        raise ValueError("--num_shards must be >= 0.")
+    if not o.output_dir:
+        raise ValueError("--output_dir is required.")

@@ -1,0 +1,98 @@
+"""The preprocessing pipeline graph, in one place.
+
+    Read GA360 sessions ─► hits ─► SessionizeHits ─┐
+    (BigQuery SQL / interactions CSV) ─────────────┴► interactions (visitor, item, duration)
+        ├─► MedianDuration (CombineGlobally, exact) ──┐ side input
+        └─► ScaleToRatings ◄──────────────────────────┘
+              └─► ApplyVocabularies (tf.Transform) ─► (userId, itemId, rating)
+                    ├─► users_for_item-*.tfrecord    (grouped by item)
+                    ├─► items_for_user-*.tfrecord    (grouped by user)
+                    └─► transform_output/ (transform_fn + vocabularies)
+    dropped rows ─► dropped/rows-*.jsonl             (dead letters, with the reason)
+
+``metadata.json`` is written by the launcher (``preprocess.__main__``) once the job is done,
+from the job's outputs and its metrics counters.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import apache_beam as beam
+import tensorflow_transform.beam as tft_beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+from preprocess import rating, records, sessionize, sources, transform
+from preprocess.options import PreprocessOptions
+
+TRANSFORM_OUTPUT = "transform_output"
+DROPPED_DIR = "dropped"
+STATS_DIR = "stats"
+MEDIAN_FILE = "median_duration.json"
+
+
+@dataclass
+class PipelineHandles:
+    """The PCollections a caller (or a test) may want to look at."""
+
+    interactions: beam.PCollection
+    median: beam.PCollection
+    dense: beam.PCollection
+    dropped: beam.PCollection
+
+
+def read_interactions(pipeline: beam.Pipeline, options: PreprocessOptions):
+    """The chosen source -> (interactions, dropped rows)."""
+    o = options
+    if o.bq_table or o.query:
+        query = o.query or sources.build_query(
+            o.bq_table, o.item_source, o.content_dimension_index, o.hit_type, o.start_date, o.end_date
+        )
+        read = pipeline | "ReadFromBigQuery" >> sources.ReadInteractionsFromBigQuery(query)
+        return read.interactions | "SumDurations" >> sessionize.SumDurations(), read[sources.DROPPED]
+    if o.input_format == "interactions_csv":
+        read = pipeline | "ReadInteractionsCsv" >> sources.ReadInteractionsCsv(o.input)
+        return read.interactions | "SumDurations" >> sessionize.SumDurations(), read[sources.DROPPED]
+    if o.input_format == "hits_csv":
+        read = pipeline | "ReadHitsCsv" >> sources.ReadHitsCsv(o.input, o.item_field)
+    else:
+        read = pipeline | "ReadGaSessions" >> sources.ReadGaSessions(
+            o.input, o.item_source, o.content_dimension_index, o.hit_type
+        )
+    return read.hits | "SessionizeHits" >> sessionize.SessionizeHits(), read[sources.DROPPED]
+
+
+def temp_dir(options: PreprocessOptions) -> str:
+    return options.view_as(GoogleCloudOptions).temp_location or FileSystems.join(
+        options.output_dir, "tmp"
+    )
+
+
+def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> PipelineHandles:
+    """Adds the whole preprocessing graph to ``pipeline``."""
+    out = options.output_dir
+    interactions, dropped = read_interactions(pipeline, options)
+
+    median = interactions | "MedianDuration" >> rating.MedianDuration()
+    ratings = interactions | "ScaleToRatings" >> rating.ScaleToRatings(
+        median, options.rating_scale, options.rating_cap
+    )
+    dense, transform_fn = ratings | "ApplyVocabularies" >> transform.ApplyVocabularies(
+        temp_dir(options)
+    )
+    _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
+        FileSystems.join(out, TRANSFORM_OUTPUT)
+    )
+    _ = dense | "WriteRecords" >> records.WriteInteractionRecords(out, options.num_shards)
+
+    _ = (
+        median
+        | "MedianToJson" >> beam.Map(lambda m: json.dumps({"median_duration": m}))
+        | "WriteMedian"
+        >> beam.io.WriteToText(FileSystems.join(out, STATS_DIR, MEDIAN_FILE), shard_name_template="")
+    )
+    _ = dropped | "WriteDeadLetters" >> beam.io.WriteToText(
+        FileSystems.join(out, DROPPED_DIR, "rows"), file_name_suffix=".jsonl"
+    )
+    return PipelineHandles(interactions, median, dense, dropped)

@@ -1,0 +1,96 @@
+"""Time on item -> implicit rating, scaled by the median over the whole data set.
+
+    rating(visitor, item) = min(scale * session_duration / median, cap)      (defaults 0.3, 1.0)
+
+``median`` is the exact median of all positive session durations, as ``numpy.median`` defines
+it (the mean of the two middle values for an even count). ``ExactMedianFn`` computes it with a
+``CombineGlobally``: its accumulator is a histogram ``{duration: count}``, so it is exact,
+mergeable in any order, and its memory is bounded by the number of *distinct* durations, not
+by the number of rows (GA durations are integer milliseconds, heavily repeated).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable, Optional
+
+import apache_beam as beam
+
+
+def histogram_median(histogram: dict) -> Optional[float]:
+    """Median of the multiset ``{value: count}``; None when it is empty."""
+    total = sum(histogram.values())
+    if total == 0:
+        return None
+    # 0-based ranks of the middle element(s) in sorted order.
+    low_rank, high_rank = (total - 1) // 2, total // 2
+    low = high = None
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if low is None and seen > low_rank:
+            low = value
+        if seen > high_rank:
+            high = value
+            break
+    return (float(low) + float(high)) / 2.0
+
+
+class ExactMedianFn(beam.CombineFn):
+    """Exact median of numbers with a ``Counter`` of distinct values as the accumulator."""
+
+    def create_accumulator(self) -> Counter:
+        return Counter()
+
+    def add_input(self, accumulator: Counter, value: float) -> Counter:
+        accumulator[value] += 1
+        return accumulator
+
+    def add_inputs(self, accumulator: Counter, values: Iterable[float]) -> Counter:
+        accumulator.update(values)
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[Counter]) -> Counter:
+        accumulators = iter(accumulators)
+        merged = next(accumulators, Counter())
+        for other in accumulators:
+            merged.update(other)
+        return merged
+
+    def compact(self, accumulator: Counter) -> Counter:
+        return accumulator
+
+    def extract_output(self, accumulator: Counter) -> Optional[float]:
+        return histogram_median(accumulator)
+
+
+def scale_rating(duration: float, median: float, scale: float = 0.3, cap: float = 1.0) -> float:
+    """``min(scale * duration / median, cap)``, unrounded."""
+    return min(scale * duration / median, cap)
+
+
+class MedianDuration(beam.PTransform):
+    """Interactions -> a one-element PCollection: the median session duration (or None)."""
+
+    def expand(self, interactions):
+        return (
+            interactions
+            | "Durations" >> beam.Values()
+            | "ExactMedian" >> beam.CombineGlobally(ExactMedianFn())
+        )
+
+
+class ScaleToRatings(beam.PTransform):
+    """((visitor, item), duration) -> (visitor, item, rating), median as a side input."""
+
+    def __init__(self, median, scale: float, cap: float) -> None:
+        super().__init__()
+        self.median = median
+        self.scale = scale
+        self.cap = cap
+
+    def expand(self, interactions):
+        scale, cap = self.scale, self.cap
+        return interactions | "Rate" >> beam.Map(
+            lambda kv, median: (kv[0][0], kv[0][1], scale_rating(kv[1], median, scale, cap)),
+            median=beam.pvalue.AsSingleton(self.median),
+        )

@@ -1,0 +1,398 @@
+"""Readers: GA360 sessions from BigQuery or files, into hits or interactions.
+
+Two element shapes leave this module (plain tuples: they are cheap to encode in Beam):
+
+* a **hit**: ``((visitorId, visitNumber), (time, contentId or None))`` keyed by session,
+  ready for ``sessionize.SessionizeHits``;
+* an **interaction**: ``((visitorId, contentId), session_duration)``, what the SQL returns.
+
+Rows that cannot be used are counted (``counters.DROP_REASONS``) and, when the row itself is
+malformed, also sent to the ``dropped`` output as JSON text so a user can look at them.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any, Iterable, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+import schemas
+from preprocess import counters, ids
+
+DROPPED = "dropped"
+SQL_FILE = "ga360_interactions.sql"
+
+Hit = tuple  # ((visitorId: str, visitNumber: int), (time: int|float, contentId: str|None))
+Interaction = tuple  # ((visitorId: str, contentId: str), session_duration: float)
+
+
+# --------------------------------------------------------------------------- BigQuery / SQL
+
+
+def item_sql(item_source: str, content_dimension_index: int) -> tuple[str, str]:
+    """Returns ``(item expression, join clause)`` for the SQL template."""
+    if item_source == "custom_dimension":
+        return (
+            "(SELECT MAX(IF(cd.index = {i}, cd.value, NULL)) "
+            "FROM UNNEST(h.customDimensions) AS cd)".format(i=int(content_dimension_index)),
+            "",
+        )
+    if item_source == "page_path":
+        return "h.page.pagePath", ""
+    if item_source == "product_sku":
+        return "p.productSKU", "LEFT JOIN UNNEST(h.product) AS p ON TRUE"
+    raise ValueError(f"unknown item source {item_source!r}")
+
+
+def build_query(
+    table: str,
+    item_source: str = "custom_dimension",
+    content_dimension_index: int = 10,
+    hit_type: str = "PAGE",
+    start_date: Optional[str] = None,
+    end_date: Optional[str] = None,
+) -> str:
+    """The project's SQL (``schemas/ga360_interactions.sql``) filled in for one table.
+
+    ``table`` is a BigQuery table reference ``PROJECT.DATASET.TABLE`` (quoted here with
+    backticks), or any other FROM-able expression for engines such as DuckDB when it does
+    not look like one.
+    """
+    item, item_join = item_sql(item_source, content_dimension_index)
+    looks_like_bq = table.count(".") == 2 and "(" not in table
+    table_ref = f"`{table}`" if looks_like_bq else table
+    table_filter = (
+        f"_TABLE_SUFFIX BETWEEN '{start_date}' AND '{end_date}'" if start_date else "TRUE"
+    )
+    hit_filter = "TRUE" if hit_type.upper() == "ALL" else f"h.type = '{hit_type}'"
+    return schemas.read_text(SQL_FILE).format(
+        table=table_ref,
+        table_filter=table_filter,
+        hit_filter=hit_filter,
+        item=item,
+        item_join=item_join,
+    )
+
+
+class ReadInteractionsFromBigQuery(beam.PTransform):
+    """Runs the interaction query in BigQuery (standard SQL) and validates its rows."""
+
+    def __init__(self, query: str, **bigquery_kwargs: Any) -> None:
+        super().__init__()
+        self.query = query
+        self.bigquery_kwargs = bigquery_kwargs
+
+    def read_transform(self) -> beam.PTransform:
+        return beam.io.ReadFromBigQuery(
+            query=self.query, use_standard_sql=True, **self.bigquery_kwargs
+        )
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "RunQuery" >> self.read_transform()
+            | "ValidateRows"
+            >> beam.ParDo(ParseInteractionFn()).with_outputs(DROPPED, main="interactions")
+        )
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+def parse_time(value: Any) -> Optional[float]:
+    """A hit time (ms since session start): a finite number >= 0, or None.
+
+    BigQuery's JSON export writes INT64 as strings, so numeric strings are accepted.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if value.strip() else None
+        except ValueError:
+            return None
+        if value is None:
+            return None
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def parse_visit_number(value: Any) -> Optional[int]:
+    number = parse_time(value)
+    if number is None or not float(number).is_integer():
+        return None
+    return int(number)
+
+
+def _dead_letter(reason: str, record: Any) -> beam.pvalue.TaggedOutput:
+    counters.dropped(reason).inc()
+    text = record if isinstance(record, str) else json.dumps(record, default=str)
+    return beam.pvalue.TaggedOutput(DROPPED, json.dumps({"reason": reason, "record": text[:2000]}))
+
+
+def _visitor(value: Any) -> tuple[Optional[str], Optional[str]]:
+    visitor, problem = ids.clean_id(value)
+    if problem == ids.MISSING:
+        return None, "missing_visitor_id"
+    if problem:
+        return None, "invalid_visitor_id"
+    return visitor, None
+
+
+def _content(value: Any) -> tuple[Optional[str], Optional[str]]:
+    """Content ID or None; only an ID with bad characters is an error (missing is normal)."""
+    content, problem = ids.clean_id(value)
+    if problem == ids.INVALID_CHARACTERS:
+        return None, "invalid_content_id"
+    return content, None
+
+
+# --------------------------------------------------------------------------- GA360 JSON
+
+
+def hit_items(hit: dict, item_source: str, content_dimension_index: int) -> list:
+    """The raw item values of one GA360 hit, mirroring the SQL's item expression.
+
+    custom_dimension: MAX over the values with the wanted index (one value or None);
+    page_path: hits.page.pagePath; product_sku: one value per product (None if none).
+    """
+    if item_source == "custom_dimension":
+        values = [
+            cd.get("value")
+            for cd in hit.get("customDimensions") or ()
+            if isinstance(cd, dict)
+            and parse_visit_number(cd.get("index")) == content_dimension_index
+            and cd.get("value") is not None
+        ]
+        return [max(values)] if values else [None]
+    if item_source == "page_path":
+        page = hit.get("page")
+        return [page.get("pagePath") if isinstance(page, dict) else None]
+    if item_source == "product_sku":
+        products = [p for p in hit.get("product") or () if isinstance(p, dict)]
+        return [p.get("productSKU") for p in products] or [None]
+    raise ValueError(f"unknown item source {item_source!r}")
+
+
+class ParseGaSessionFn(beam.DoFn):
+    """One line of a GA360 export (a session) -> its hits, keyed by session."""
+
+    def __init__(self, item_source: str, content_dimension_index: int, hit_type: str) -> None:
+        self.item_source = item_source
+        self.content_dimension_index = content_dimension_index
+        self.hit_type = None if hit_type.upper() == "ALL" else hit_type
+
+    def process(self, line: str) -> Iterable:
+        if not line.strip():
+            return
+        try:
+            session = json.loads(line)
+        except ValueError:
+            yield _dead_letter("malformed_json", line)
+            return
+        if not isinstance(session, dict):
+            yield _dead_letter("malformed_json", line)
+            return
+        visitor, problem = _visitor(session.get("fullVisitorId"))
+        if problem:
+            yield _dead_letter(problem, line)
+            return
+        visit = parse_visit_number(session.get("visitNumber"))
+        if visit is None:
+            yield _dead_letter("missing_visit_number", line)
+            return
+        hits = session.get("hits")
+        if not isinstance(hits, list):
+            yield _dead_letter("missing_hits", line)
+            return
+        key = (visitor, visit)
+        for hit in hits:
+            if not isinstance(hit, dict):
+                yield _dead_letter("malformed_json", hit)
+                continue
+            if self.hit_type is not None and hit.get("type") != self.hit_type:
+                counters.dropped("other_hit_type").inc()
+                continue
+            time = parse_time(hit.get("time"))
+            if time is None:
+                yield _dead_letter("invalid_time", {"fullVisitorId": visitor, "hit": hit})
+                continue
+            for raw_item in hit_items(hit, self.item_source, self.content_dimension_index):
+                item, problem = _content(raw_item)
+                if problem:
+                    yield _dead_letter(problem, {"fullVisitorId": visitor, "hit": hit})
+                yield key, (time, item)
+
+
+class ReadGaSessions(beam.PTransform):
+    """Newline-delimited GA360 export JSON (local or gs://) -> hits keyed by session."""
+
+    def __init__(self, pattern: str, item_source: str, content_dimension_index: int, hit_type: str):
+        super().__init__()
+        self.pattern = pattern
+        self.parse = ParseGaSessionFn(item_source, content_dimension_index, hit_type)
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "ReadLines" >> beam.io.ReadFromText(self.pattern)
+            | "ParseSessions" >> beam.ParDo(self.parse).with_outputs(DROPPED, main="hits")
+        )
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def read_header(pattern: str) -> list[str]:
+    """The header row of the first file matching ``pattern`` (local or gs://)."""
+    files = matched_files(pattern)
+    with FileSystems.open(files[0]) as handle:
+        first = handle.readline().decode("utf-8-sig")
+    if not first.strip():
+        raise ValueError(f"{files[0]} is empty: expected a CSV header on its first line.")
+    return next(csv.reader([first]))
+
+
+def matched_files(pattern: str) -> list[str]:
+    """Paths matching ``pattern``; a clear error when there are none or all are empty."""
+    matches = FileSystems.match([pattern])[0].metadata_list
+    if not matches:
+        raise ValueError(f"Input pattern {pattern!r} matched no files.")
+    if all(m.size_in_bytes == 0 for m in matches):
+        raise ValueError(f"Input pattern {pattern!r} matched only empty files: no data to preprocess.")
+    return sorted(m.path for m in matches)
+
+
+def _csv_row(line: str, width: int) -> Optional[list]:
+    try:
+        row = next(csv.reader(io.StringIO(line)))
+    except (csv.Error, StopIteration):
+        return None
+    return row if len(row) == width else None
+
+
+def column_positions(header: Sequence[str], needed: Sequence[str], pattern: str) -> dict:
+    missing = [name for name in needed if name not in header]
+    if missing:
+        raise ValueError(
+            f"CSV header of {pattern!r} lacks column(s) {missing}; it has {list(header)}."
+        )
+    return {name: header.index(name) for name in needed}
+
+
+class ParseHitsCsvFn(beam.DoFn):
+    """One hits_csv row -> a hit keyed by session."""
+
+    def __init__(self, header: Sequence[str], item_field: str) -> None:
+        self.width = len(header)
+        self.pos = column_positions(header, ["fullVisitorId", "visitNumber", "time", item_field], "hits_csv")
+        self.item_field = item_field
+
+    def process(self, line: str) -> Iterable:
+        if not line.strip():
+            return
+        row = _csv_row(line, self.width)
+        if row is None:
+            yield _dead_letter("malformed_csv", line)
+            return
+        visitor, problem = _visitor(row[self.pos["fullVisitorId"]])
+        if problem:
+            yield _dead_letter(problem, line)
+            return
+        visit = parse_visit_number(row[self.pos["visitNumber"]])
+        if visit is None:
+            yield _dead_letter("missing_visit_number", line)
+            return
+        time = parse_time(row[self.pos["time"]])
+        if time is None:
+            yield _dead_letter("invalid_time", line)
+            return
+        item, problem = _content(row[self.pos[self.item_field]])
+        if problem:
+            yield _dead_letter(problem, line)
+        yield (visitor, visit), (time, item)
+
+
+class ParseInteractionFn(beam.DoFn):
+    """A (visitorId, contentId, session_duration) row, from CSV text or a BigQuery dict."""
+
+    COLUMNS = ("visitorId", "contentId", "session_duration")
+
+    def __init__(self, header: Optional[Sequence[str]] = None) -> None:
+        self.width = len(header) if header else None
+        self.pos = column_positions(header, self.COLUMNS, "interactions_csv") if header else None
+
+    def process(self, element: Any) -> Iterable:
+        if isinstance(element, str):
+            if not element.strip():
+                return
+            row = _csv_row(element, self.width)
+            if row is None:
+                yield _dead_letter("malformed_csv", element)
+                return
+            visitor_raw, content_raw, duration_raw = (row[self.pos[c]] for c in self.COLUMNS)
+        else:
+            visitor_raw, content_raw, duration_raw = (element.get(c) for c in self.COLUMNS)
+        visitor, problem = _visitor(visitor_raw)
+        if problem:
+            yield _dead_letter(problem, element)
+            return
+        content, problem = _content(content_raw)
+        if problem:
+            yield _dead_letter(problem, element)
+            return
+        if content is None:
+            counters.dropped("hit_without_item").inc()
+            return
+        duration = _finite_number(duration_raw)
+        if duration is None:
+            yield _dead_letter("invalid_duration", element)
+            return
+        yield (visitor, content), duration
+
+
+def _finite_number(value: Any) -> Optional[float]:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+class ReadHitsCsv(beam.PTransform):
+    """Flat hit rows with a header -> hits keyed by session."""
+
+    def __init__(self, pattern: str, item_field: str) -> None:
+        super().__init__()
+        self.pattern = pattern
+        self.parse = ParseHitsCsvFn(read_header(pattern), item_field)
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "ReadLines" >> beam.io.ReadFromText(self.pattern, skip_header_lines=1)
+            | "ParseRows" >> beam.ParDo(self.parse).with_outputs(DROPPED, main="hits")
+        )
+
+
+class ReadInteractionsCsv(beam.PTransform):
+    """visitorId,contentId,session_duration rows -> interactions."""
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = pattern
+        self.parse = ParseInteractionFn(read_header(pattern))
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "ReadLines" >> beam.io.ReadFromText(self.pattern, skip_header_lines=1)
+            | "ParseRows" >> beam.ParDo(self.parse).with_outputs(DROPPED, main="interactions")
+        )

@@ -1,0 +1,47 @@
+-- GA360 sessions -> (visitorId, contentId, session_duration): time spent on each item.
+--
+-- Standard SQL for BigQuery. Placeholders filled by preprocess/sources.py:
+--   {table}          `PROJECT.DATASET.ga_sessions_*`
+--   {table_filter}   TRUE, or a _TABLE_SUFFIX range for wildcard tables
+--   {hit_filter}     h.type = 'PAGE' (or TRUE for every hit type)
+--   {item_join}      empty, or LEFT JOIN UNNEST(h.product) AS p ON TRUE   (productSKU)
+--   {item}           the item expression, e.g. the custom dimension with index 10
+--
+-- Time on an item = time from its hit to the next later hit of the same session:
+--   LEAD(hit_time) OVER (PARTITION BY fullVisitorId, visitNumber ORDER BY hit_time) - hit_time
+-- over the distinct hit times of the session (so ties and duplicate rows are well defined).
+-- Hits without an item still end the previous hit's time; the last hit of a session has none.
+-- Durations are summed per (visitor, item) and only positive sums are kept.
+WITH session_hits AS (
+  SELECT DISTINCT
+    s.fullVisitorId AS visitorId,
+    s.visitNumber AS visitNumber,
+    h.time AS hit_time,
+    {item} AS contentId
+  FROM {table} AS s, UNNEST(s.hits) AS h {item_join}
+  WHERE {table_filter} AND {hit_filter}
+    -- rows the Beam readers count and drop as invalid are excluded here too
+    AND s.fullVisitorId IS NOT NULL AND s.fullVisitorId != ''
+    AND s.visitNumber IS NOT NULL
+    AND h.time >= 0
+),
+hit_durations AS (
+  SELECT
+    visitorId,
+    visitNumber,
+    hit_time,
+    LEAD(hit_time) OVER (PARTITION BY visitorId, visitNumber ORDER BY hit_time) - hit_time AS duration
+  FROM (SELECT DISTINCT visitorId, visitNumber, hit_time FROM session_hits)
+)
+SELECT
+  session_hits.visitorId AS visitorId,
+  session_hits.contentId AS contentId,
+  SUM(hit_durations.duration) AS session_duration
+FROM session_hits
+JOIN hit_durations
+  ON session_hits.visitorId = hit_durations.visitorId
+  AND session_hits.visitNumber = hit_durations.visitNumber
+  AND session_hits.hit_time = hit_durations.hit_time
+WHERE session_hits.contentId IS NOT NULL AND session_hits.contentId != ''
+GROUP BY session_hits.visitorId, session_hits.contentId
+HAVING SUM(hit_durations.duration) > 0
