@@ -110,6 +110,18 @@ class _Progress:
         sys.stderr.flush()
 
 
+def _scalar_summary(tag: str, value: float, step: int) -> None:
+    """A TensorBoard scalar via the core ``tf.summary.write`` (``tf.summary.scalar`` needs the
+    ``tensorboard`` package, which a lean training image may not have)."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    meta = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+    )
+    tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=meta)
+
+
 def run(args: argparse.Namespace) -> dict:
     """The whole job; returns the summary written to ``training_summary.json``."""
     import tensorflow as tf
@@ -184,10 +196,8 @@ def run(args: argparse.Namespace) -> dict:
             h["sweep"], args.num_epochs, h["loss"], h["rwse"], h["seconds"],
         )
         with writer.as_default(step=h["sweep"]):
-            tf.summary.scalar("loss", h["loss"])
-            tf.summary.scalar("unregularized_loss", h["unregularized_loss"])
-            tf.summary.scalar("rwse", h["rwse"])
-            tf.summary.scalar("seconds_per_sweep", h["seconds"])
+            for tag in ("loss", "unregularized_loss", "rwse", "seconds"):
+                _scalar_summary(tag, h[tag], h["sweep"])
         writer.flush()
         ckpt.save(st)
 
