@@ -1,0 +1,125 @@
+"""Seconds per WALS sweep on a synthetic matrix (default: 1M interactions, skewed like real
+usage data), for several k and both solvers.
+
+    python benchmarks/trainer_speed.py                       # k = 10 64 128, cholesky and cg
+    python benchmarks/trainer_speed.py --k 64 --solvers cg --sweeps 3
+    python benchmarks/trainer_speed.py --json out.json
+
+The matrix: ``--users × --items`` with ``--nnz`` distinct (user, item) pairs, item popularity
+and user activity both Zipf-like (exponent ``--skew``), ratings uniform in (0, 1]. A sweep is
+timed from the start of the row half-sweep to the column factors being ready (the loss, which
+the trainer computes once per sweep for logging, is timed separately). The first sweep includes
+the one-off ``tf.function`` tracing; the reported number is the median of the later sweeps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from trainer.sparse import CSR  # noqa: E402
+
+
+def synthetic(users: int, items: int, nnz: int, skew: float, seed: int) -> CSR:
+    rng = np.random.default_rng(seed)
+    pu = 1.0 / np.arange(1, users + 1) ** skew
+    pi = 1.0 / np.arange(1, items + 1) ** skew
+    pu, pi = pu / pu.sum(), pi / pi.sum()
+    keys = np.zeros(0, np.int64)
+    while keys.size < nnz:  # draw, deduplicate, top up
+        need = int((nnz - keys.size) * 1.3) + 1000
+        u = rng.choice(users, need, p=pu)
+        i = rng.choice(items, need, p=pi)
+        keys = np.unique(np.concatenate([keys, u.astype(np.int64) * items + i]))
+    keys = rng.permutation(keys)[:nnz]
+    perm_u, perm_i = rng.permutation(users), rng.permutation(items)
+    rows, cols = perm_u[keys // items], perm_i[keys % items]
+    vals = rng.uniform(0.05, 1.0, nnz).astype(np.float32)
+    return CSR.from_coo(rows, cols, vals, (users, items))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--users", type=int, default=100_000)
+    p.add_argument("--items", type=int, default=20_000)
+    p.add_argument("--nnz", type=int, default=1_000_000)
+    p.add_argument("--skew", type=float, default=0.8)
+    p.add_argument("--k", type=int, nargs="+", default=[10, 64, 128])
+    p.add_argument("--solvers", nargs="+", default=["cholesky", "cg"])
+    p.add_argument("--cg_steps", type=int, default=3)
+    p.add_argument("--sweeps", type=int, default=3)
+    p.add_argument("--batch_size", type=int, default=4096)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args()
+
+    import tensorflow as tf
+
+    from trainer.wals import WALSModel, compute_loss, default_device, solve_half_sweep
+    from trainer.weights import Weighting
+
+    t = time.perf_counter()
+    m = synthetic(args.users, args.items, args.nnz, args.skew, args.seed)
+    lens = m.row_lengths()
+    print(
+        f"matrix {m.shape[0]} x {m.shape[1]}, nnz {m.nnz} (built in {time.perf_counter() - t:.1f} s); "
+        f"row length max {lens.max()}, item popularity max {np.bincount(m.indices).max()}",
+        flush=True,
+    )
+    print(f"device {default_device()}, TF {tf.__version__}, CPUs {os.cpu_count()}", flush=True)
+    results = []
+    for solver in args.solvers:
+        for k in args.k:
+            model = WALSModel(
+                factors=k, regularization=0.1, weighting=Weighting(unobserved_weight=0.1),
+                solver=solver, cg_steps=args.cg_steps, batch_size=args.batch_size,
+            )
+            t = time.perf_counter()
+            up, ip = model.prepare(m)
+            t_plan = time.perf_counter() - t
+            u0, v0 = model.initial_factors(*m.shape)
+            with tf.device(model._device()):
+                u, v = tf.constant(u0), tf.constant(v0)
+                times, loss_times, losses = [], [], []
+                for _ in range(args.sweeps):
+                    t = time.perf_counter()
+                    u = solve_half_sweep(v, up, 0.1, 0.1, solver, args.cg_steps, previous=u)
+                    v = solve_half_sweep(u, ip, 0.1, 0.1, solver, args.cg_steps, previous=v)
+                    v.numpy()
+                    times.append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    losses.append(compute_loss(u, v, up, 0.1, 0.1)["loss"])
+                    loss_times.append(time.perf_counter() - t)
+            steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
+            r = {
+                "solver": solver, "k": k, "seconds_per_sweep": steady, "first_sweep": times[0],
+                "all_sweeps": times, "loss_seconds": statistics.median(loss_times),
+                "plan_seconds": t_plan, "batches": len(up.batches) + len(ip.batches),
+                "losses": losses,
+            }
+            results.append(r)
+            print(
+                f"{solver:8s} k={k:4d}: {steady:7.2f} s/sweep (first {times[0]:.2f} s incl. tracing), "
+                f"loss {r['loss_seconds']:.2f} s, plan {t_plan:.2f} s, {r['batches']} batches, "
+                f"loss {losses[0]:.1f} -> {losses[-1]:.1f}",
+                flush=True,
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"args": vars(args), "platform": platform.platform(), "cpus": os.cpu_count(),
+                 "tensorflow": tf.__version__, "device": default_device(), "results": results},
+                f, indent=2,
+            )
+
+
+if __name__ == "__main__":
+    main()
