@@ -4,6 +4,7 @@ usage data), for several k and both solvers.
     python benchmarks/trainer_speed.py                       # k = 10 64 128, cholesky and cg
     python benchmarks/trainer_speed.py --k 64 --solvers cg --sweeps 3
     python benchmarks/trainer_speed.py --json out.json
+    python benchmarks/trainer_speed.py --input_path output/   # a real preprocessing output
 
 The matrix: ``--users × --items`` with ``--nnz`` distinct (user, item) pairs, item popularity
 and user activity both Zipf-like (exponent ``--skew``), ratings uniform in (0, 1]. A sweep is
@@ -58,6 +59,8 @@ def main() -> None:
     p.add_argument("--sweeps", type=int, default=3)
     p.add_argument("--batch_size", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input_path", default=None,
+                   help="benchmark on this preprocessing output (metadata.json + shards) instead")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
 
@@ -67,14 +70,24 @@ def main() -> None:
     from trainer.weights import Weighting
 
     t = time.perf_counter()
-    m = synthetic(args.users, args.items, args.nnz, args.skew, args.seed)
+    if args.input_path:
+        from trainer.data import load_training_data
+        from trainer.metadata import load_metadata
+
+        m = load_training_data(load_metadata(args.input_path)).user_items
+    else:
+        m = synthetic(args.users, args.items, args.nnz, args.skew, args.seed)
     lens = m.row_lengths()
     print(
         f"matrix {m.shape[0]} x {m.shape[1]}, nnz {m.nnz} (built in {time.perf_counter() - t:.1f} s); "
         f"row length max {lens.max()}, item popularity max {np.bincount(m.indices).max()}",
         flush=True,
     )
-    print(f"device {default_device()}, TF {tf.__version__}, CPUs {os.cpu_count()}", flush=True)
+    print(
+        f"device {default_device()}, TF {tf.__version__}, CPUs {os.cpu_count()}, "
+        f"load average at start {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     results = []
     for solver in args.solvers:
         for k in args.k:
@@ -105,6 +118,7 @@ def main() -> None:
                 "plan_seconds": t_plan, "batches": len(up.batches) + len(ip.batches),
                 "losses": losses,
             }
+            r["load_average_after"] = os.getloadavg()[0]
             results.append(r)
             print(
                 f"{solver:8s} k={k:4d}: {steady:7.2f} s/sweep (first {times[0]:.2f} s incl. tracing), "

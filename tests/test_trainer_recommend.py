@@ -4,6 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import pathlib as _pathlib
+import sys as _sys
+
+# trainer_fixtures sits beside this file (importable with or without tests/__init__.py)
+_sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
+
 from trainer_fixtures import dense_weights, numpy_solve_rows, numpy_topk, random_ratings
 
 from trainer.errors import TrainerInputError

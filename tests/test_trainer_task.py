@@ -11,6 +11,12 @@ import sys
 import numpy as np
 import pytest
 
+import pathlib as _pathlib
+import sys as _sys
+
+# trainer_fixtures sits beside this file (importable with or without tests/__init__.py)
+_sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
+
 from trainer_fixtures import REPO, dense_weights, numpy_solve_rows, numpy_topk, random_ratings, write_dataset
 
 from trainer import checkpoint, task
@@ -73,7 +79,19 @@ def test_output_files(trained):
     assert s["final"]["loss"] == pytest.approx(
         unreg + LAM * float((u.astype(float) ** 2).sum() + (v.astype(float) ** 2).sum()), rel=1e-5
     )
-    assert list((trained / "tensorboard").iterdir()), "no TensorBoard event file"
+    events = list((trained / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    import tensorflow as tf
+
+    logged = {}
+    for rec in tf.data.TFRecordDataset([str(e) for e in events]).as_numpy_iterator():
+        ev = tf.compat.v1.Event.FromString(rec)
+        for v in ev.summary.value:
+            assert v.metadata.plugin_data.plugin_name == "scalars"
+            logged[v.tag, ev.step] = float(tf.make_ndarray(v.tensor))
+    for h in s["history"]:
+        assert logged["loss", h["sweep"]] == pytest.approx(h["loss"], rel=1e-6)
+        assert logged["rwse", h["sweep"]] == pytest.approx(h["rwse"], rel=1e-6)
     assert (trained / "vocab" / "users.txt").read_text().splitlines() == USERS
 
 

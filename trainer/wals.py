@@ -155,7 +155,9 @@ def build_plan(
                 batches.append(
                     _Batch(
                         rows=tf.identity(tf.constant(rows.astype(np.int32))),
-                        idx=tf.identity(tf.constant(np.where(mask, csr.indices[pos], 0))),
+                        idx=tf.identity(
+                            tf.constant(np.where(mask, csr.indices[pos], 0).astype(np.int32))
+                        ),
                         extra=tf.identity(
                             tf.constant(np.where(mask, extra_all[pos], 0.0), dtype=dtype)
                         ),
