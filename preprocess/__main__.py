@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
 from preprocess import metadata, pipeline, sources
 from preprocess.options import PreprocessOptions, validate
@@ -56,6 +56,10 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     state = result.wait_until_finish()
     if state != beam.runners.runner.PipelineState.DONE:
         raise RuntimeError(f"Pipeline ended in state {state}.")
+    if not options.view_as(GoogleCloudOptions).temp_location:  # our own scratch folder
+        scratch = pipeline.temp_dir(options)
+        if FileSystems.exists(scratch):
+            FileSystems.delete([scratch])
     meta = metadata.build_metadata(result, options)
     path = metadata.write_metadata(meta, options.output_dir)
     metadata.log_summary(meta)

@@ -24,6 +24,8 @@ def clean_id(value: Any) -> Tuple[Optional[str], Optional[str]]:
     hand-made files disagree on whether IDs are quoted); booleans, floats and containers
     are not IDs.
     """
+    if type(value) is str and value.isprintable() and value.strip():  # the common case, first
+        return value, None
     if value is None:
         return None, MISSING
     if isinstance(value, bool) or not isinstance(value, (str, int)):

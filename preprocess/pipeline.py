@@ -1,10 +1,10 @@
 """The preprocessing pipeline graph, in one place.
 
-    Read GA360 sessions ─► hits ─► SessionizeHits ─┐
-    (BigQuery SQL / interactions CSV) ─────────────┴► interactions (visitor, item, duration)
+    Read GA360 sessions ─► session hits ─► SessionizeHits ──┐   (GroupByKey by visitor)
+    BigQuery SQL / interactions CSV ─► SumInteractions ──────┴► per visitor: (item, duration)...
         ├─► MedianDuration (CombineGlobally, exact) ──┐ side input
         └─► ScaleToRatings ◄──────────────────────────┘
-              └─► ApplyVocabularies (tf.Transform) ─► (userId, itemId, rating)
+              └─► ApplyVocabularies (tf.Transform, record batches) ─► (userIds, itemIds, ratings)
                     ├─► users_for_item-*.tfrecord    (grouped by item)
                     ├─► items_for_user-*.tfrecord    (grouped by user)
                     └─► transform_output/ (transform_fn + vocabularies)
@@ -36,24 +36,24 @@ MEDIAN_FILE = "median_duration.json"
 class PipelineHandles:
     """The PCollections a caller (or a test) may want to look at."""
 
-    interactions: beam.PCollection
-    median: beam.PCollection
-    dense: beam.PCollection
-    dropped: beam.PCollection
+    interactions: beam.PCollection  # (visitorId, ((contentId, session_duration), ...))
+    median: beam.PCollection  # one float
+    dense_batches: beam.PCollection  # (userIds, itemIds, ratings) NumPy arrays
+    dropped: beam.PCollection  # JSON text of dead-lettered rows
 
 
 def read_interactions(pipeline: beam.Pipeline, options: PreprocessOptions):
-    """The chosen source -> (interactions, dropped rows)."""
+    """The chosen source -> (per-visitor interactions, dropped rows)."""
     o = options
     if o.bq_table or o.query:
         query = o.query or sources.build_query(
             o.bq_table, o.item_source, o.content_dimension_index, o.hit_type, o.start_date, o.end_date
         )
         read = pipeline | "ReadFromBigQuery" >> sources.ReadInteractionsFromBigQuery(query)
-        return read.interactions | "SumDurations" >> sessionize.SumDurations(), read[sources.DROPPED]
+        return read.interactions | "SumInteractions" >> sessionize.SumInteractions(), read[sources.DROPPED]
     if o.input_format == "interactions_csv":
         read = pipeline | "ReadInteractionsCsv" >> sources.ReadInteractionsCsv(o.input)
-        return read.interactions | "SumDurations" >> sessionize.SumDurations(), read[sources.DROPPED]
+        return read.interactions | "SumInteractions" >> sessionize.SumInteractions(), read[sources.DROPPED]
     if o.input_format == "hits_csv":
         read = pipeline | "ReadHitsCsv" >> sources.ReadHitsCsv(o.input, o.item_field)
     else:
@@ -78,13 +78,13 @@ def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> Pipel
     ratings = interactions | "ScaleToRatings" >> rating.ScaleToRatings(
         median, options.rating_scale, options.rating_cap
     )
-    dense, transform_fn = ratings | "ApplyVocabularies" >> transform.ApplyVocabularies(
+    dense_batches, transform_fn = ratings | "ApplyVocabularies" >> transform.ApplyVocabularies(
         temp_dir(options)
     )
     _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
         FileSystems.join(out, TRANSFORM_OUTPUT)
     )
-    _ = dense | "WriteRecords" >> records.WriteInteractionRecords(out, options.num_shards)
+    _ = dense_batches | "WriteRecords" >> records.WriteInteractionRecords(out, options.num_shards)
 
     _ = (
         median
@@ -95,4 +95,4 @@ def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> Pipel
     _ = dropped | "WriteDeadLetters" >> beam.io.WriteToText(
         FileSystems.join(out, DROPPED_DIR, "rows"), file_name_suffix=".jsonl"
     )
-    return PipelineHandles(interactions, median, dense, dropped)
+    return PipelineHandles(interactions, median, dense_batches, dropped)

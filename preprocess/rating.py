@@ -69,18 +69,23 @@ def scale_rating(duration: float, median: float, scale: float = 0.3, cap: float 
 
 
 class MedianDuration(beam.PTransform):
-    """Interactions -> a one-element PCollection: the median session duration (or None)."""
+    """Per-visitor interactions -> a one-element PCollection: the median duration (or None)."""
 
-    def expand(self, interactions):
+    def expand(self, visitor_interactions):
         return (
-            interactions
-            | "Durations" >> beam.Values()
+            visitor_interactions
+            | "Durations" >> beam.FlatMap(lambda kv: [duration for _, duration in kv[1]])
             | "ExactMedian" >> beam.CombineGlobally(ExactMedianFn())
         )
 
 
+def rate_visitor(element: tuple, median: float, scale: float, cap: float) -> tuple:
+    visitor, interactions = element
+    return visitor, tuple((item, scale_rating(d, median, scale, cap)) for item, d in interactions)
+
+
 class ScaleToRatings(beam.PTransform):
-    """((visitor, item), duration) -> (visitor, item, rating), median as a side input."""
+    """(visitor, ((item, duration), ...)) -> (visitor, ((item, rating), ...)); median as side input."""
 
     def __init__(self, median, scale: float, cap: float) -> None:
         super().__init__()
@@ -89,8 +94,6 @@ class ScaleToRatings(beam.PTransform):
         self.cap = cap
 
     def expand(self, interactions):
-        scale, cap = self.scale, self.cap
         return interactions | "Rate" >> beam.Map(
-            lambda kv, median: (kv[0][0], kv[0][1], scale_rating(kv[1], median, scale, cap)),
-            median=beam.pvalue.AsSingleton(self.median),
+            rate_visitor, median=beam.pvalue.AsSingleton(self.median), scale=self.scale, cap=self.cap
         )

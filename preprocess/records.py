@@ -4,80 +4,102 @@
 ``items_for_user-*``: key = userId, indices = itemIds, values = ratings (one row of A).
 The feature names are the contract in ``schemas/records.py``. Indices are sorted so the
 output is the same on every runner.
+
+Grouping starts inside each transformed batch with NumPy (one partial row per key and batch),
+so the GroupByKey moves one element per (key, batch) instead of one per interaction.
 """
 from __future__ import annotations
 
 from typing import Iterable
 
 import apache_beam as beam
+import numpy as np
 import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 
 from preprocess import counters
 from schemas import records as contract
 
+BY_USER, BY_ITEM = "by_user", "by_item"
 
-def encode_example(key: int, pairs: Iterable[tuple]) -> bytes:
-    """Serialized ``tf.train.Example`` for one row (or column) of the rating matrix."""
-    pairs = sorted(pairs)
+
+def partial_rows(keys: np.ndarray, indices: np.ndarray, values: np.ndarray) -> Iterable[tuple]:
+    """Groups one batch by ``keys``: yields ``(key, (indices bytes, values bytes))``.
+
+    Raw int64/float32 bytes: Beam encodes ``bytes`` natively, NumPy arrays only by pickling.
+    """
+    order = np.argsort(keys, kind="stable")
+    keys, indices, values = keys[order], indices[order], values[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    ends = np.r_[starts[1:], len(keys)]
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        yield int(keys[start]), (indices[start:end].tobytes(), values[start:end].tobytes())
+
+
+class SplitBatchByRowFn(beam.DoFn):
+    """(userIds, itemIds, ratings) batch -> partial rows by user (main) and by item (tagged)."""
+
+    def __init__(self) -> None:
+        self.interactions = counters.counter("interactions")
+
+    def process(self, columns) -> Iterable:
+        users, items, ratings = columns
+        self.interactions.inc(len(users))
+        yield from partial_rows(users, items, ratings)
+        for row in partial_rows(items, users, ratings):
+            yield beam.pvalue.TaggedOutput(BY_ITEM, row)
+
+
+def encode_example(key: int, parts: Iterable[tuple]) -> bytes:
+    """Serialized ``tf.train.Example`` for one row (or column) from its partial rows."""
+    parts = list(parts)
+    indices = np.frombuffer(b"".join(i for i, _ in parts), dtype=np.int64)
+    values = np.frombuffer(b"".join(v for _, v in parts), dtype=np.float32)
+    order = np.argsort(indices, kind="stable")
     feature = {
         contract.KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[key])),
-        contract.INDICES: tf.train.Feature(int64_list=tf.train.Int64List(value=[i for i, _ in pairs])),
-        contract.VALUES: tf.train.Feature(float_list=tf.train.FloatList(value=[v for _, v in pairs])),
+        contract.INDICES: tf.train.Feature(int64_list=tf.train.Int64List(value=indices[order].tolist())),
+        contract.VALUES: tf.train.Feature(float_list=tf.train.FloatList(value=values[order].tolist())),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 class WriteGroupedRecords(beam.PTransform):
-    """(key, index, rating) triples -> TFRecord shards ``prefix-SSSSS-of-NNNNN.tfrecord``.
-
-    Returns the PCollection of written file names.
-    """
+    """Partial rows ``(key, (indices, values))`` -> TFRecord shards ``prefix-SSSSS-of-NNNNN.tfrecord``."""
 
     def __init__(self, prefix: str, num_shards: int = 0) -> None:
         super().__init__()
         self.prefix = prefix
         self.num_shards = num_shards
 
-    def expand(self, triples):
+    def expand(self, partial):
         return (
-            triples
-            | "KeyByRow" >> beam.Map(lambda t: (t[0], (t[1], t[2])))
-            | "GroupByRow" >> beam.GroupByKey()
+            partial
+            | "GroupByKey" >> beam.GroupByKey()
             | "ToExample" >> beam.MapTuple(encode_example)
             | "WriteTFRecords"
             >> beam.io.WriteToTFRecord(
-                self.prefix,
-                file_name_suffix=contract.RECORD_SUFFIX,
-                num_shards=self.num_shards,
+                self.prefix, file_name_suffix=contract.RECORD_SUFFIX, num_shards=self.num_shards
             )
         )
 
 
-def _count_interaction(triple: tuple) -> tuple:
-    _INTERACTIONS.inc()
-    return triple
-
-
-_INTERACTIONS = counters.counter("interactions")
-
-
 class WriteInteractionRecords(beam.PTransform):
-    """(userId, itemId, rating) -> both record sets under ``output_dir``."""
+    """Dense column batches -> ``users_for_item-*`` and ``items_for_user-*`` under ``output_dir``."""
 
     def __init__(self, output_dir: str, num_shards: int = 0) -> None:
         super().__init__()
         self.output_dir = output_dir
         self.num_shards = num_shards
 
-    def expand(self, dense):
-        by_item = dense | "ByItem" >> beam.Map(lambda t: (t[1], t[0], t[2])) | (
-            "WriteUsersForItem"
-            >> WriteGroupedRecords(
-                FileSystems.join(self.output_dir, contract.USERS_FOR_ITEM), self.num_shards
-            )
+    def expand(self, dense_batches):
+        rows = dense_batches | "SplitByRow" >> beam.ParDo(SplitBatchByRowFn()).with_outputs(
+            BY_ITEM, main=BY_USER
         )
-        by_user = dense | "CountInteractions" >> beam.Map(_count_interaction) | "WriteItemsForUser" >> WriteGroupedRecords(
+        by_item = rows[BY_ITEM] | "UsersForItem" >> WriteGroupedRecords(
+            FileSystems.join(self.output_dir, contract.USERS_FOR_ITEM), self.num_shards
+        )
+        by_user = rows[BY_USER] | "ItemsForUser" >> WriteGroupedRecords(
             FileSystems.join(self.output_dir, contract.ITEMS_FOR_USER), self.num_shards
         )
         return by_item, by_user

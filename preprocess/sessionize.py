@@ -6,18 +6,25 @@ times. A hit at t_k lasted ``d_k = t_{k+1} - t_k`` (the SQL's
 the last hit has no duration. Each distinct (t_k, item) of the session credits ``d_k`` to the
 item, so duplicate rows count once and several items shown by one hit each get its time.
 Finally ``session_duration(visitor, item) = sum of credits over all sessions``, kept if > 0.
+
+Everything is grouped by visitor once (one GroupByKey), so a visitor's sessions, their
+durations and the sum over sessions are computed in one place, without a second shuffle.
+The output element is ``(visitorId, ((contentId, session_duration), ...))``.
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Iterable
 
 import apache_beam as beam
 
 from preprocess import counters
 
+VisitorInteractions = tuple  # (visitorId, ((contentId, session_duration), ...)) sorted by contentId
+
 
 def session_item_durations(hits: Iterable[tuple]) -> dict:
-    """``{item: seconds credited}`` for one session's ``(time, item or None)`` hits."""
+    """``{item: time credited}`` for one session's ``(time, item or None)`` hits."""
     hits = set(hits)
     times = sorted({time for time, _ in hits})
     next_time = dict(zip(times, times[1:]))
@@ -31,55 +38,73 @@ def session_item_durations(hits: Iterable[tuple]) -> dict:
     return durations
 
 
-class SessionDurationsFn(beam.DoFn):
-    """((visitor, visit), hits) -> ((visitor, item), duration) per item timed in the session."""
+def positive_items(durations: dict, nonpositive_counter) -> tuple:
+    """Sorted ``((item, duration), ...)`` of the items with a positive total; counts the rest."""
+    kept = tuple(sorted((item, d) for item, d in durations.items() if d > 0))
+    if len(kept) < len(durations):
+        nonpositive_counter.inc(len(durations) - len(kept))
+    return kept
+
+
+class VisitorDurationsFn(beam.DoFn):
+    """(visitor, [(visit, hits), ...]) -> (visitor, ((item, duration), ...)) over all sessions."""
 
     def __init__(self) -> None:
         self.without_item = counters.dropped("hit_without_item")
+        self.nonpositive = counters.dropped("nonpositive_duration")
         self.sessions = counters.counter("sessions")
 
-    def process(self, element) -> Iterable:
-        (visitor, _visit), hits = element
-        hits = list(hits)
-        self.sessions.inc()
-        missing = sum(1 for _, item in hits if item is None)
-        if missing:
-            self.without_item.inc(missing)
-        for item, duration in session_item_durations(hits).items():
-            yield (visitor, item), duration
+    def process(self, element) -> Iterable[VisitorInteractions]:
+        visitor, fragments = element
+        sessions: dict = defaultdict(list)
+        for visit, hits in fragments:  # a session may arrive in several fragments (rows)
+            sessions[visit].extend(hits)
+        self.sessions.inc(len(sessions))
+        totals: dict = defaultdict(int)
+        for hits in sessions.values():
+            missing = sum(1 for _, item in hits if item is None)
+            if missing:
+                self.without_item.inc(missing)
+            for item, duration in session_item_durations(hits).items():
+                totals[item] += duration
+        kept = positive_items(totals, self.nonpositive)
+        if kept:
+            yield visitor, kept
 
 
-class KeepPositive(beam.DoFn):
-    """Drops (and counts) interactions whose summed duration is not positive."""
+class SumVisitorInteractionsFn(beam.DoFn):
+    """(visitor, [(item, duration), ...]) -> (visitor, ((item, summed duration), ...))."""
 
     def __init__(self) -> None:
         self.nonpositive = counters.dropped("nonpositive_duration")
 
-    def process(self, interaction) -> Iterable:
-        if interaction[1] > 0:
-            yield interaction
-        else:
-            self.nonpositive.inc()
-
-
-class SumDurations(beam.PTransform):
-    """((visitor, item), duration) -> one interaction per (visitor, item), positive sums only."""
-
-    def expand(self, pcoll):
-        return (
-            pcoll
-            | "SumPerVisitorItem" >> beam.CombinePerKey(sum)
-            | "KeepPositive" >> beam.ParDo(KeepPositive())
-        )
+    def process(self, element) -> Iterable[VisitorInteractions]:
+        visitor, rows = element
+        totals: dict = defaultdict(float)
+        for item, duration in rows:
+            totals[item] += duration
+        kept = positive_items(totals, self.nonpositive)
+        if kept:
+            yield visitor, kept
 
 
 class SessionizeHits(beam.PTransform):
-    """Hits keyed by session -> interactions ((visitorId, contentId), session_duration)."""
+    """Session hits keyed by visitor -> one VisitorInteractions per visitor."""
 
-    def expand(self, hits):
+    def expand(self, session_hits):
         return (
-            hits
-            | "GroupBySession" >> beam.GroupByKey()
-            | "TimeOnItems" >> beam.ParDo(SessionDurationsFn())
-            | "SumOverSessions" >> SumDurations()
+            session_hits
+            | "GroupByVisitor" >> beam.GroupByKey()
+            | "TimeOnItems" >> beam.ParDo(VisitorDurationsFn())
+        )
+
+
+class SumInteractions(beam.PTransform):
+    """(visitor, (item, duration)) rows -> one VisitorInteractions per visitor (sums > 0)."""
+
+    def expand(self, interactions):
+        return (
+            interactions
+            | "GroupByVisitor" >> beam.GroupByKey()
+            | "SumPerItem" >> beam.ParDo(SumVisitorInteractionsFn())
         )

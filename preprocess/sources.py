@@ -1,10 +1,11 @@
 """Readers: GA360 sessions from BigQuery or files, into hits or interactions.
 
-Two element shapes leave this module (plain tuples: they are cheap to encode in Beam):
+Two element shapes leave this module, both keyed by visitor so that one GroupByKey brings
+all of a visitor's data together (plain tuples: they are cheap to encode in Beam):
 
-* a **hit**: ``((visitorId, visitNumber), (time, contentId or None))`` keyed by session,
-  ready for ``sessionize.SessionizeHits``;
-* an **interaction**: ``((visitorId, contentId), session_duration)``, what the SQL returns.
+* **session hits**: ``(visitorId, (visitNumber, ((time, contentId or None), ...)))``, ready
+  for ``sessionize.SessionizeHits``;
+* an **interaction**: ``(visitorId, (contentId, session_duration))``, what the SQL returns.
 
 Rows that cannot be used are counted (``counters.DROP_REASONS``) and, when the row itself is
 malformed, also sent to the ``dropped`` output as JSON text so a user can look at them.
@@ -26,8 +27,8 @@ from preprocess import counters, ids
 DROPPED = "dropped"
 SQL_FILE = "ga360_interactions.sql"
 
-Hit = tuple  # ((visitorId: str, visitNumber: int), (time: int|float, contentId: str|None))
-Interaction = tuple  # ((visitorId: str, contentId: str), session_duration: float)
+SessionHits = tuple  # (visitorId, (visitNumber, ((time, contentId or None), ...)))
+Interaction = tuple  # (visitorId, (contentId, session_duration))
 
 
 # --------------------------------------------------------------------------- BigQuery / SQL
@@ -108,6 +109,8 @@ def parse_time(value: Any) -> Optional[float]:
 
     BigQuery's JSON export writes INT64 as strings, so numeric strings are accepted.
     """
+    if type(value) is int:  # the common case, first
+        return value if value >= 0 else None
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, str):
@@ -166,8 +169,9 @@ def hit_items(hit: dict, item_source: str, content_dimension_index: int) -> list
             cd.get("value")
             for cd in hit.get("customDimensions") or ()
             if isinstance(cd, dict)
-            and parse_visit_number(cd.get("index")) == content_dimension_index
             and cd.get("value") is not None
+            and (cd.get("index") == content_dimension_index
+                 or parse_visit_number(cd.get("index")) == content_dimension_index)
         ]
         return [max(values)] if values else [None]
     if item_source == "page_path":
@@ -180,7 +184,7 @@ def hit_items(hit: dict, item_source: str, content_dimension_index: int) -> list
 
 
 class ParseGaSessionFn(beam.DoFn):
-    """One line of a GA360 export (a session) -> its hits, keyed by session."""
+    """One line of a GA360 export (a session) -> its hits, keyed by visitor."""
 
     def __init__(self, item_source: str, content_dimension_index: int, hit_type: str) -> None:
         self.item_source = item_source
@@ -210,7 +214,7 @@ class ParseGaSessionFn(beam.DoFn):
         if not isinstance(hits, list):
             yield _dead_letter("missing_hits", line)
             return
-        key = (visitor, visit)
+        session_hits = []
         for hit in hits:
             if not isinstance(hit, dict):
                 yield _dead_letter("malformed_json", hit)
@@ -226,11 +230,13 @@ class ParseGaSessionFn(beam.DoFn):
                 item, problem = _content(raw_item)
                 if problem:
                     yield _dead_letter(problem, {"fullVisitorId": visitor, "hit": hit})
-                yield key, (time, item)
+                session_hits.append((time, item))
+        if session_hits:
+            yield visitor, (visit, tuple(session_hits))
 
 
 class ReadGaSessions(beam.PTransform):
-    """Newline-delimited GA360 export JSON (local or gs://) -> hits keyed by session."""
+    """Newline-delimited GA360 export JSON (local or gs://) -> session hits keyed by visitor."""
 
     def __init__(self, pattern: str, item_source: str, content_dimension_index: int, hit_type: str):
         super().__init__()
@@ -286,7 +292,7 @@ def column_positions(header: Sequence[str], needed: Sequence[str], pattern: str)
 
 
 class ParseHitsCsvFn(beam.DoFn):
-    """One hits_csv row -> a hit keyed by session."""
+    """One hits_csv row -> a one-hit session fragment keyed by visitor."""
 
     def __init__(self, header: Sequence[str], item_field: str) -> None:
         self.width = len(header)
@@ -315,7 +321,7 @@ class ParseHitsCsvFn(beam.DoFn):
         item, problem = _content(row[self.pos[self.item_field]])
         if problem:
             yield _dead_letter(problem, line)
-        yield (visitor, visit), (time, item)
+        yield visitor, (visit, ((time, item),))
 
 
 class ParseInteractionFn(beam.DoFn):
@@ -353,7 +359,7 @@ class ParseInteractionFn(beam.DoFn):
         if duration is None:
             yield _dead_letter("invalid_duration", element)
             return
-        yield (visitor, content), duration
+        yield visitor, (content, duration)
 
 
 def _finite_number(value: Any) -> Optional[float]:
@@ -367,7 +373,7 @@ def _finite_number(value: Any) -> Optional[float]:
 
 
 class ReadHitsCsv(beam.PTransform):
-    """Flat hit rows with a header -> hits keyed by session."""
+    """Flat hit rows with a header -> session hits keyed by visitor."""
 
     def __init__(self, pattern: str, item_field: str) -> None:
         super().__init__()

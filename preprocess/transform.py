@@ -9,8 +9,6 @@ faster than instance dicts on the local runner.
 """
 from __future__ import annotations
 
-from typing import Iterable
-
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
@@ -59,28 +57,39 @@ def _one_per_row(values: pa.Array) -> pa.LargeListArray:
     return pa.LargeListArray.from_arrays(pa.array(np.arange(len(values) + 1, dtype=np.int64)), values)
 
 
-def to_record_batch(rows: list) -> pa.RecordBatch:
-    """[(visitorId, contentId, rating), ...] -> one Arrow record batch in the raw schema."""
-    visitors, contents, ratings = zip(*rows)
+def to_record_batch(visitors: list) -> pa.RecordBatch:
+    """[(visitorId, ((contentId, rating), ...)), ...] -> one Arrow record batch, one row per
+    interaction, in the raw schema. A visitor's interactions stay in one batch."""
+    visitor_ids, content_ids, ratings = [], [], []
+    for visitor, interactions in visitors:
+        encoded = visitor.encode("utf-8")
+        for content, rating in interactions:
+            visitor_ids.append(encoded)
+            content_ids.append(content.encode("utf-8"))
+            ratings.append(rating)
     return pa.RecordBatch.from_arrays(
         [
-            _one_per_row(pa.array([v.encode("utf-8") for v in visitors], pa.large_binary())),
-            _one_per_row(pa.array([c.encode("utf-8") for c in contents], pa.large_binary())),
+            _one_per_row(pa.array(visitor_ids, pa.large_binary())),
+            _one_per_row(pa.array(content_ids, pa.large_binary())),
             _one_per_row(pa.array(np.asarray(ratings, dtype=np.float32))),
         ],
         schema=_ARROW_SCHEMA,
     )
 
 
-def from_record_batch(batch_and_passthrough) -> Iterable[tuple]:
-    """Transformed record batch -> (userId, itemId, rating) tuples of Python scalars."""
+def dense_columns(batch_and_passthrough) -> tuple:
+    """Transformed record batch -> (userIds, itemIds, ratings) as NumPy arrays."""
     batch = batch_and_passthrough[0]
     columns = {name: batch.column(i).flatten().to_numpy() for i, name in enumerate(batch.schema.names)}
-    return zip(columns[USER_ID].tolist(), columns[ITEM_ID].tolist(), columns[RATING].tolist())
+    return (
+        columns[USER_ID].astype(np.int64, copy=False),
+        columns[ITEM_ID].astype(np.int64, copy=False),
+        columns[RATING].astype(np.float32, copy=False),
+    )
 
 
 class ApplyVocabularies(beam.PTransform):
-    """(visitorId, contentId, rating) -> ((userId, itemId, rating), transform_fn)."""
+    """Per-visitor ratings -> (dense column batches (userIds, itemIds, ratings), transform_fn)."""
 
     def __init__(self, temp_dir: str) -> None:
         super().__init__()
@@ -90,7 +99,7 @@ class ApplyVocabularies(beam.PTransform):
         with tft_beam.Context(temp_dir=self.temp_dir):
             batches = (
                 ratings
-                | "Batch" >> beam.BatchElements(min_batch_size=2000, max_batch_size=50000)
+                | "BatchVisitors" >> beam.BatchElements(min_batch_size=500, max_batch_size=20000)
                 | "ToRecordBatches" >> beam.Map(to_record_batch)
             )
             (transformed, _), transform_fn = (
@@ -99,5 +108,5 @@ class ApplyVocabularies(beam.PTransform):
             ) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
                 preprocessing_fn, output_record_batches=True
             )
-        dense = transformed | "ToTuples" >> beam.FlatMap(from_record_batch)
+        dense = transformed | "ToColumns" >> beam.Map(dense_columns)
         return dense, transform_fn

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# GA360 -> recommendations.
+#
+#   ./run_dataflow.sh                      local run on the bundled sample (FnApiRunner), then training
+#   ./run_dataflow.sh --runner DataflowRunner --project P --region R \
+#       --temp_location gs://B/tmp --output_dir gs://B/out --bq_table P.D.ga_sessions_* [flags]
+#   ./run_dataflow.sh --help               every flag
+#
+# Flags other than the ones below go to `python -m preprocess` unchanged.
+#   --dry_run              print the command instead of running it
+#   --skip_training        local run: stop after preprocessing
+# On Dataflow the workers install this package from --setup_file (added for you), or use a
+# custom worker image given with --sdk_container_image (see Dockerfile), which starts faster.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+SAMPLE=data/ga_sample/ga_sessions_sample.json
+LOCAL_OUTPUT=output/preprocess
+LOCAL_MODEL=output/model
+
+dry_run=0
+skip_training=0
+runner=""
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry_run) dry_run=1 ;;
+    --skip_training) skip_training=1 ;;
+    --runner) runner="$2"; args+=("$1" "$2"); shift ;;
+    --runner=*) runner="${1#--runner=}"; args+=("$1") ;;
+    -h|--help)
+      sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+      [ -x .venv/bin/python ] || ./install.sh >&2
+      exec .venv/bin/python -m preprocess --help ;;
+    *) args+=("$1") ;;
+  esac
+  shift
+done
+
+has_flag() {  # has_flag NAME: is --NAME among the passed flags?
+  local a
+  for a in "${args[@]+"${args[@]}"}"; do
+    case "$a" in "--$1"|"--$1="*) return 0 ;; esac
+  done
+  return 1
+}
+
+run() {
+  if [ "$dry_run" = 1 ]; then printf '%q ' "$@"; echo; else "$@"; fi
+}
+
+if [ "$dry_run" = 0 ] && [ ! -x .venv/bin/python ]; then
+  echo "First run: installing into ./.venv (about 3 minutes)..." >&2
+  ./install.sh
+fi
+PY=.venv/bin/python
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
+
+if [ "$runner" = "DataflowRunner" ]; then
+  for f in project region temp_location output_dir; do
+    has_flag "$f" || { echo "error: --runner DataflowRunner needs --$f" >&2; exit 2; }
+  done
+  has_flag bq_table || has_flag query || has_flag input || {
+    echo "error: give an input: --bq_table, --query or --input gs://..." >&2; exit 2; }
+  if ! has_flag sdk_container_image && ! has_flag setup_file; then
+    args+=(--setup_file ./setup.py)
+  fi
+  run "$PY" -m preprocess "${args[@]}"
+  exit $?
+fi
+
+# Local run (FnApiRunner, the in-process runner that works offline).
+has_flag runner || args+=(--runner FnApiRunner)
+if ! has_flag input && ! has_flag bq_table && ! has_flag query; then
+  if [ ! -f "$SAMPLE" ]; then
+    echo "Generating the bundled GA360 sample ($SAMPLE, seeded)..." >&2
+    run "$PY" -m preprocess.sample_data --output "$SAMPLE"
+  fi
+  args+=(--input "$SAMPLE" --input_format ga_json)
+fi
+has_flag output_dir || args+=(--output_dir "$LOCAL_OUTPUT")
+run "$PY" -m preprocess "${args[@]}"

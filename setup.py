@@ -1,0 +1,38 @@
+"""GA360 -> WALS recommendations: the preprocessing pipeline and the trainer.
+
+``pip install .`` installs the pipeline's dependencies (Beam, tf.Transform, TensorFlow): this
+is what Dataflow workers install from ``--setup_file``. ``pip install .[test]`` adds the test
+tools. For a lean trainer-only package (a Vertex AI job on a prebuilt TensorFlow image),
+build with ``GA_RECS_TRAINER_ONLY=1 python setup.py sdist``: it then requires nothing the
+image does not already have.
+"""
+import os
+
+import setuptools
+
+PIPELINE_REQUIRES = [
+    "apache-beam[gcp]==2.77.0",
+    "tensorflow==2.21.0",
+    "tensorflow-transform==1.21.0",
+    "tfx-bsl==1.21.0",
+    "numpy>=1.26,<3",
+    "pyarrow>=14",
+]
+TRAINER_REQUIRES = ["numpy>=1.26,<3"]  # plus TensorFlow, which the training image provides
+TEST_REQUIRES = ["pytest==8.*", "pandas>=2.2", "duckdb==2.0.0"]
+
+trainer_only = os.environ.get("GA_RECS_TRAINER_ONLY") == "1"
+
+setuptools.setup(
+    name="ga360-wals-recommender",
+    version="0.1.0",
+    description="GA360 sessions -> tf.Transform/Beam preprocessing -> WALS recommendations in TF 2",
+    python_requires=">=3.10",
+    packages=["trainer", "schemas"] if trainer_only else setuptools.find_packages(
+        include=["preprocess", "preprocess.*", "trainer", "trainer.*", "schemas"]
+    ),
+    package_data={"schemas": ["*.sql", "*.md", "*.json"]},
+    include_package_data=True,
+    install_requires=TRAINER_REQUIRES if trainer_only else PIPELINE_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)
