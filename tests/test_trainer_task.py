@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ _sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
 
 from trainer_fixtures import REPO, dense_weights, numpy_solve_rows, numpy_topk, random_ratings, write_dataset
 
-from trainer import checkpoint, task
+from trainer import task
 from trainer.recommend import read_batch_predictions
 
 NUSERS, NITEMS = 40, 23
@@ -189,25 +191,46 @@ def test_saved_model_in_fresh_process(trained, tmp_path):
     assert "NaN" in out["nan_error"]
 
 
-class _Killed(Exception):
-    pass
+_KILL_ME = r"""
+import pathlib, sys, time
+from trainer import checkpoint, task
+real_save = checkpoint.Checkpointer.save
+def save_then_hang(self, state):
+    real_save(self, state)
+    if state.sweeps_done == 2:
+        pathlib.Path(sys.argv[1]).write_text("saved")
+        time.sleep(600)  # killed here, in the middle of the run
+checkpoint.Checkpointer.save = save_then_hang
+sys.exit(task.main(sys.argv[2:]))
+"""
 
 
-def test_resume_after_interruption_gives_same_factors(trained, data_dir, tmp_path, monkeypatch):
-    out = tmp_path / "interrupted"
-    real_save = checkpoint.Checkpointer.save
-
-    def save_then_die(self, state):
-        real_save(self, state)
-        if state.sweeps_done == 2:
-            raise _Killed()
-
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_die)
-    with pytest.raises(_Killed):
-        task.main(["--input_path", str(data_dir), "--output_dir", str(out), *FLAGS])
+def test_resume_after_kill_gives_same_factors(trained, data_dir, tmp_path):
+    """SIGKILL the trainer after its sweep-2 checkpoint, then --resume: same factors, same
+    loss history and same predictions as the uninterrupted run (CPU is deterministic)."""
+    out = tmp_path / "killed"
+    marker = tmp_path / "marker"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_ME, str(marker), "--input_path", str(data_dir),
+         "--output_dir", str(out), *FLAGS],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "trainer never reached sweep 2"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     assert not (out / "row_factors.npy").exists()
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
-    assert task.main(["--input_path", str(data_dir), "--output_dir", str(out), "--resume", "--no_export", *FLAGS]) == 0
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["sweeps_done"] == 2
+
+    rc = task.main(["--input_path", str(data_dir), "--output_dir", str(out), "--resume", "--no_export", *FLAGS])
+    assert rc == 0
     u1, v1 = _factors(trained)
     u2, v2 = _factors(out)
     np.testing.assert_array_equal(u1, u2)
@@ -216,7 +239,7 @@ def test_resume_after_interruption_gives_same_factors(trained, data_dir, tmp_pat
     h2 = json.loads((out / "training_summary.json").read_text())["history"]
     assert [h["loss"] for h in h1] == [h["loss"] for h in h2]
     assert (out / "batch_pred.txt").read_text() == (trained / "batch_pred.txt").read_text()
-    # resuming with other hyperparameters is refused
+    # without --resume the run starts over; with other hyperparameters a resume is refused
     flags = [f if f != str(LAM) else "0.5" for f in FLAGS]
     rc = task.main(["--input_path", str(data_dir), "--output_dir", str(out), "--resume", *flags])
     assert rc == 2

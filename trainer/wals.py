@@ -30,7 +30,8 @@ Implementation (no Python loop over rows):
 * Non-empty rows are sorted by length and grouped into buckets whose lengths differ by at most
   a factor 2^(1/4); each bucket is cut into batches of at most ``batch_size`` rows and at most
   ``max_batch_floats`` gathered floats. A batch is a padded ``(B, L)`` block of column ids,
-  ``W − w0`` and ``W·A`` (padding has weight 0, so it contributes nothing). These blocks are
+  ``W − w0`` and ``W·A`` (padding has weight 0, so it contributes nothing; ``B·L·k`` and, on
+  the ``k × k`` path below, ``B·k²`` stay under ``max_batch_floats``). These blocks are
   built once (NumPy) and kept on the device.
 * Per batch: ``X = V[idx]`` (``B × L × k``), ``M = Xᵀ diag(W − w0) X + (w0 G + λ I)`` and
   ``b = Xᵀ (W·A)`` by batched matmul, then a batched Cholesky solve — or, with
@@ -144,7 +145,10 @@ def build_plan(
     for grp in np.split(np.arange(order.size), cuts) if order.size else []:
         rows_g = order[grp]
         width = int(slen[grp].max())
-        cap = max(1, min(batch_size, max_batch_floats // (width * k), max_batch_floats // (k * k)))
+        cap = min(batch_size, max_batch_floats // (width * k))
+        if 4 * width > 3 * k:  # the k × k path forms B matrices of k² floats
+            cap = min(cap, max_batch_floats // (k * k))
+        cap = max(1, cap)
         for s in range(0, rows_g.size, cap):
             rows = rows_g[s : s + cap]
             lens = lengths[rows]
