@@ -39,11 +39,14 @@ def _edge_matrix(seed: int = 0) -> np.ndarray:
     return d
 
 
-def _half_sweeps(model: WALSModel, d: np.ndarray, v0: np.ndarray, u0: np.ndarray, **kw):
+def _half_sweeps(model: WALSModel, d: np.ndarray, v0: np.ndarray, u0: np.ndarray,
+                 woodbury: bool = True, **kw):
+    """Both half-sweeps from given factors; ``woodbury=True`` sends every row with at most
+    3k/4 entries through the Woodbury path (at any k), ``False`` none."""
     user_plan, item_plan = model.prepare(CSR.from_dense(d), **kw)
     w0, lam = model.weighting.w0, model.regularization
-    u = solve_half_sweep(tf.constant(v0), user_plan, w0, lam)
-    v = solve_half_sweep(tf.constant(u0), item_plan, w0, lam)
+    u = solve_half_sweep(tf.constant(v0), user_plan, w0, lam, woodbury=woodbury)
+    v = solve_half_sweep(tf.constant(u0), item_plan, w0, lam, woodbury=woodbury)
     return u.numpy(), v.numpy()
 
 
@@ -55,7 +58,8 @@ def _half_sweeps(model: WALSModel, d: np.ndarray, v0: np.ndarray, u0: np.ndarray
         (1.0, 2.0, 3, 5, 1 << 24),
     ],
 )
-def test_half_sweeps_equal_dense_closed_form(w0, lam, k, batch_size, max_floats):
+@pytest.mark.parametrize("woodbury", [True, False])
+def test_half_sweeps_equal_dense_closed_form(w0, lam, k, batch_size, max_floats, woodbury):
     d = _edge_matrix()
     rng = np.random.default_rng(1)
     v0 = rng.standard_normal((17, k)).astype(np.float32)
@@ -64,7 +68,7 @@ def test_half_sweeps_equal_dense_closed_form(w0, lam, k, batch_size, max_floats)
         factors=k, regularization=lam, weighting=Weighting(unobserved_weight=w0),
         batch_size=batch_size, max_batch_floats=max_floats,
     )
-    u, v = _half_sweeps(model, d, v0, u0)
+    u, v = _half_sweeps(model, d, v0, u0, woodbury=woodbury)
     w = dense_weights(d, w0, np.ones(23), np.ones(17))
     np.testing.assert_allclose(u, numpy_solve_rows(v0, d, w, lam), atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(v, numpy_solve_rows(u0, d.T, w.T, lam), atol=1e-4, rtol=1e-4)
@@ -178,9 +182,10 @@ def test_objective_never_increases(seed, solver):
     assert losses[-1] == pytest.approx(final, rel=1e-6)
 
 
-def test_fit_is_deterministic_and_last_half_sweep_is_exact():
+@pytest.mark.parametrize("k", [7, 30])  # k = 30: every row goes through the Woodbury path
+def test_fit_is_deterministic_and_last_half_sweep_is_exact(k):
     d = _edge_matrix(12)
-    kw = dict(factors=7, regularization=0.2, weighting=Weighting(unobserved_weight=0.1), random_state=3)
+    kw = dict(factors=k, regularization=0.2, weighting=Weighting(unobserved_weight=0.1), random_state=3)
     a = WALSModel(**kw).fit(CSR.from_dense(d), epochs=3)
     b = WALSModel(**kw).fit(CSR.from_dense(d), epochs=3)
     np.testing.assert_array_equal(a.user_factors, b.user_factors)

@@ -39,7 +39,8 @@ Implementation (no Python loop over rows):
   the previous factors, which never forms ``M``: ``M p = (w0 G + λ I) p + Xᵀ((W − w0) ⊙ X p)``.
   CG from the previous iterate lowers each row's quadratic monotonically, so the objective
   still never increases, but a half-sweep is no longer the exact minimiser.
-* Short rows (``L ≤ 3k/4``: most rows of skewed usage data) use the Woodbury identity instead:
+* Short rows (``L ≤ 3k/4``: most rows of skewed usage data) use, when ``k ≥ 24``, the Woodbury
+  identity instead:
   with ``B0 = w0 G + λ I``, ``Y = diag(√(W − w0)) X`` and ``Q = V B0⁻¹`` (computed once per
   half-sweep, so ``X B0⁻¹ = Q[idx]`` is a gather)::
 
@@ -91,6 +92,11 @@ def default_device() -> str:
     tf = _tf()
     return "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
 
+
+# Below this k the k × k path is faster for short rows too (measured on 2 CPU cores with
+# benchmarks/trainer_speed.py's matrix: Woodbury/k×k time 1.6 at k=10, 1.4 at 16, 0.9 at 24,
+# 0.6 at 32, 0.45 at 48).
+WOODBURY_MIN_K = 24
 
 # --------------------------------------------------------------------------- batch plan
 @dataclass
@@ -278,12 +284,14 @@ def solve_half_sweep(
     previous: Any = None,
     progress: ProgressFn | None = None,
     stage: str = "rows",
-    woodbury: bool = True,
+    woodbury: bool | None = None,
 ) -> Any:
     """New factors for all ``plan.nrows`` rows given the other side's ``fixed`` factors.
 
     Returns a ``(plan.nrows, k)`` tensor; rows without observations are 0. ``previous`` (the
-    current factors of the rows being solved) is the CG warm start.
+    current factors of the rows being solved) is the CG warm start. ``woodbury``: ``None``
+    uses the Woodbury path for rows with ``L ≤ 3k/4`` when ``k ≥ WOODBURY_MIN_K``; ``True``
+    for such rows at any ``k``; ``False`` never.
     """
     tf = _tf()
     k = int(fixed.shape[1])
@@ -291,10 +299,11 @@ def solve_half_sweep(
     gram = tf.linalg.matmul(fixed, fixed, transpose_a=True)
     base = w0 * gram + regularization * tf.eye(k, dtype=fixed.dtype)
     fixed_binv = None
+    use_woodbury = k >= WOODBURY_MIN_K if woodbury is None else woodbury
     outs = []
     n = len(plan.batches)
     for t, b in enumerate(plan.batches):
-        if solver == "cholesky" and woodbury and 4 * b.width <= 3 * k:
+        if solver == "cholesky" and use_woodbury and 4 * b.width <= 3 * k:
             if fixed_binv is None:  # B0⁻¹ and X B0⁻¹ for every row of the fixed side, once
                 base_chol = tf.linalg.cholesky(base)
                 fixed_binv = tf.transpose(tf.linalg.cholesky_solve(base_chol, tf.transpose(fixed)))
