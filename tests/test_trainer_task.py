@@ -140,6 +140,11 @@ try:
     out["nan_error"] = None
 except tf.errors.InvalidArgumentError as e:
     out["nan_error"] = e.message
+try:
+    m.signatures["recommend_items"](visitor_ids=tf.constant(["x"]), k=tf.constant(0))
+    out["k0_error"] = None
+except tf.errors.InvalidArgumentError as e:
+    out["k0_error"] = e.message
 def enc(x):
     if isinstance(x, bytes): return x.decode()
     if isinstance(x, list): return [enc(y) for y in x]
@@ -189,6 +194,7 @@ def test_saved_model_in_fresh_process(trained, tmp_path):
     ref_f = numpy_topk((want_u @ v64.T)[None, :], row != 0, 4)[0]
     assert fold["content_ids"][: fold["count"]] == [ITEMS[j] for j in ref_f]
     assert "NaN" in out["nan_error"]
+    assert "k must be >= 1" in out["k0_error"]
 
 
 _KILL_ME = r"""

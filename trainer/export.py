@@ -113,7 +113,7 @@ def build_module(
             known = rows >= 0
             safe = tf.maximum(rows, 0)
             q = tf.gather(factors, safe) * tf.cast(known, tf.float32)[:, None]
-            seen_r = tf.gather(tf.RaggedTensor.from_row_splits(seen, splits), safe)
+            seen_r = tf.gather(tf.RaggedTensor.from_row_splits(seen, splits, validate=False), safe)
             coords = tf.stack([seen_r.value_rowids(), seen_r.flat_values], axis=1)
             ids, vals, count = self._top(q, targets, coords, k)
             return to_name.lookup(ids), vals, count, known
