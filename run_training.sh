@@ -7,7 +7,8 @@
 #       [--image URI] [--job_name NAME] [--package_uri gs://.../pkg.tar.gz] [--dry_run] \
 #       [-- TRAINER FLAGS, e.g. --num_epochs 20 --n_embeds 64]
 #
-# Steps: build the project's sdist (python setup.py sdist; skipped with --package_uri), copy it
+# Steps: build the trainer-only sdist (GA_RECS_TRAINER_ONLY=1 python setup.py sdist: packages
+# trainer + schemas; skipped with --package_uri), copy it
 # to --staging (gcloud storage cp), then `gcloud ai custom-jobs create` with the prebuilt
 # TensorFlow GPU training container running `python -m trainer.task`. --dry_run prints the
 # exact commands (shell-quoted, one per line, prefixed "+ ") and runs none of the cloud steps.
@@ -83,9 +84,13 @@ if [[ -z "$PACKAGE_URI" ]]; then
   [[ -f setup.py ]] || die "setup.py not found: cannot build the trainer package (or pass --package_uri)"
   DIST_DIR="$(mktemp -d)"
   trap 'rm -rf "$DIST_DIR"' EXIT
-  # The sdist is built even with --dry_run (local only) so the printed URI is the real one.
-  show "$PYTHON" setup.py -q sdist --formats=gztar --dist-dir "$DIST_DIR"
-  "$PYTHON" setup.py -q sdist --formats=gztar --dist-dir "$DIST_DIR" >&2
+  # The trainer-only sdist (packages trainer + schemas, no Beam/tf.Transform requirements: the
+  # prebuilt image has TensorFlow). Built even with --dry_run (locally; egg-info goes to the
+  # temporary dir, not the work tree) so the printed URI is the real one.
+  BUILD=(env GA_RECS_TRAINER_ONLY=1 "$PYTHON" setup.py -q egg_info --egg-base "$DIST_DIR"
+         sdist --formats=gztar --dist-dir "$DIST_DIR")
+  show "${BUILD[@]}"
+  "${BUILD[@]}" >&2
   SDIST="$(ls "$DIST_DIR"/*.tar.gz | head -n 1)"
   [[ -f "$SDIST" ]] || die "sdist build produced no .tar.gz"
   PACKAGE_URI="${STAGING%/}/${JOB_NAME}/$(basename "$SDIST")"

@@ -3,11 +3,14 @@ are accepted by the trainer's own argument parser."""
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
+import zipfile
 
 import pytest
 
@@ -99,19 +102,74 @@ def test_bad_arguments(args, msg):
 
 
 def test_dry_run_builds_the_sdist_and_prints_the_upload(tmp_path):
-    """With a setup.py beside the script the sdist is built locally and the upload and job
-    commands name it (a stand-in setup.py: the project's own is not this test's subject)."""
+    """With a setup.py beside the script the trainer-only sdist is built locally
+    (GA_RECS_TRAINER_ONLY=1 reaches setup.py) and the upload and job commands name it. A
+    stand-in setup.py; the project's own is checked below."""
     shutil.copy(SCRIPT, tmp_path / "run_training.sh")
     (tmp_path / "setup.py").write_text(
-        "from setuptools import setup\nsetup(name='demo-pkg', version='1.2.3', py_modules=[])\n"
+        "import os\nfrom setuptools import setup\n"
+        "lean = os.environ.get('GA_RECS_TRAINER_ONLY') == '1'\n"
+        "setup(name='demo-pkg' + ('-lean' if lean else ''), version='1.2.3', py_modules=[])\n"
     )
     p = _run([*BASE, "--job_name", "j2", "--dry_run"], script=tmp_path / "run_training.sh")
     assert p.returncode == 0, p.stderr
     cmds = _commands(p.stdout)
-    assert cmds[0][1:3] == ["setup.py", "-q"] and "sdist" in cmds[0]
+    assert cmds[0][:2] == ["env", "GA_RECS_TRAINER_ONLY=1"] and "sdist" in cmds[0]
     assert cmds[1][:3] == ["gcloud", "storage", "cp"]
     name = os.path.basename(cmds[1][3])
-    assert re.fullmatch(r"demo[-_]pkg-1\.2\.3\.tar\.gz", name), name  # setuptools may normalise "-"
+    assert re.fullmatch(r"demo[-_]pkg[-_]lean-1\.2\.3\.tar\.gz", name), name  # setuptools may normalise "-"
     uri = f"gs://b/model/staging/j2/{name}"
     assert cmds[1][4] == uri
     assert _flags(cmds[2])["--python-package-uris"] == uri
+    assert not list(tmp_path.glob("*.egg-info")), "the build must not write into the work tree"
+
+
+def _build_real_sdist(tmp_path) -> pathlib.Path:
+    """Runs the build step run_training.sh prints, on the project's own setup.py."""
+    p = _run([*BASE, "--job_name", "j3", "--dry_run"])
+    assert p.returncode == 0, p.stderr
+    build = _commands(p.stdout)[0]
+    out = tmp_path / "dist"
+    out.mkdir()
+    # same command, with our output dirs instead of the script's (already deleted) temp dir
+    i, j = build.index("--egg-base"), build.index("--dist-dir")
+    build[i + 1] = build[j + 1] = str(out)
+    subprocess.run(build, cwd=REPO, check=True, capture_output=True, timeout=120)
+    (sdist,) = out.glob("*.tar.gz")
+    return sdist
+
+
+@pytest.mark.skipif(not (REPO / "setup.py").exists(), reason="no setup.py in this checkout")
+def test_real_sdist_holds_the_trainer_without_the_pipeline(tmp_path):
+    sdist = _build_real_sdist(tmp_path)
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    assert {"trainer/task.py", "trainer/wals.py", "schemas/records.py"} <= names
+    assert not any(n.startswith("preprocess/") for n in names)
+
+
+@pytest.mark.skipif(not (REPO / "setup.py").exists(), reason="no setup.py in this checkout")
+@pytest.mark.xfail(
+    strict=True,
+    reason="setup.py decides trainer-only from GA_RECS_TRAINER_ONLY at *install* time too; on "
+    "Vertex AI (variable unset) the trainer sdist then requires Beam, tf.Transform and "
+    "tensorflow==2.21.0 and pip would replace the image's TensorFlow. Remove this marker "
+    "once setup.py fixes it (e.g. trainer-only when preprocess/ is absent).",
+)
+def test_trainer_sdist_installs_without_pipeline_requirements(tmp_path):
+    """What Vertex AI does with the package: pip builds and installs it with no special
+    environment. The resulting requirements must not pull in Beam / tf.Transform or pin TF."""
+    sdist = _build_real_sdist(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "GA_RECS_TRAINER_ONLY"}
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(wheels), str(sdist)],
+        check=True, capture_output=True, env=env, timeout=180,
+    )
+    (wheel,) = wheels.glob("*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(z.read(n).decode() for n in z.namelist() if n.endswith("METADATA"))
+    requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    bad = [r for r in requires if any(x in r for x in ("apache-beam", "tensorflow-transform", "tensorflow=="))]
+    assert not bad, bad
