@@ -73,7 +73,12 @@ for a in "${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}"; do
   esac
 done
 
-show() { printf '+'; printf ' %q' "$@"; printf '\n'; }
+# Prints a command as one shell-quoted line: safe words as they are, others in single quotes.
+quote() {
+  if [[ "$1" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then printf '%s' "$1"
+  else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
+}
+show() { printf '+'; for a in "$@"; do printf ' '; quote "$a"; done; printf '\n'; }
 run() { show "$@"; [[ "$DRY_RUN" == 1 ]] || "$@"; }
 
 cd "$(dirname "$0")"
