@@ -21,7 +21,12 @@ PIPELINE_REQUIRES = [
 TRAINER_REQUIRES = ["numpy>=1.26,<3"]  # plus TensorFlow, which the training image provides
 TEST_REQUIRES = ["pytest==8.*", "pandas>=2.2", "duckdb==2.0.0"]
 
-trainer_only = os.environ.get("GA_RECS_TRAINER_ONLY") == "1"
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The trainer-only sdist has no preprocess/ folder: installing it (on Vertex AI, where the
+# variable is not set) must stay lean too.
+trainer_only = os.environ.get("GA_RECS_TRAINER_ONLY") == "1" or not os.path.isdir(
+    os.path.join(HERE, "preprocess")
+)
 
 setuptools.setup(
     name="ga360-wals-recommender",

@@ -149,13 +149,6 @@ def test_real_sdist_holds_the_trainer_without_the_pipeline(tmp_path):
 
 
 @pytest.mark.skipif(not (REPO / "setup.py").exists(), reason="no setup.py in this checkout")
-@pytest.mark.xfail(
-    strict=True,
-    reason="setup.py decides trainer-only from GA_RECS_TRAINER_ONLY at *install* time too; on "
-    "Vertex AI (variable unset) the trainer sdist then requires Beam, tf.Transform and "
-    "tensorflow==2.21.0 and pip would replace the image's TensorFlow. Remove this marker "
-    "once setup.py fixes it (e.g. trainer-only when preprocess/ is absent).",
-)
 def test_trainer_sdist_installs_without_pipeline_requirements(tmp_path):
     """What Vertex AI does with the package: pip builds and installs it with no special
     environment. The resulting requirements must not pull in Beam / tf.Transform or pin TF."""

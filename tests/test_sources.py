@@ -1,0 +1,202 @@
+"""Sessionization of GA360 sessions for every item source, against DuckDB running the project's
+SQL and a pandas reference; the BigQuery branch built without BigQuery; flag validation."""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+
+import apache_beam as beam
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from preprocess import pipeline as graph, sessionize, sources
+from preprocess.options import PreprocessOptions, validate
+from tests import oracles
+from tests.conftest import REPO
+
+ITEM_SOURCES = ("custom_dimension", "page_path", "product_sku")
+
+
+@pytest.fixture(scope="module")
+def tricky_sessions(tmp_path_factory) -> str:
+    """Random GA360 sessions with ties in time, duplicate hits, several products per hit,
+    non-page hits, hits without items and sessions split over several lines."""
+    rng = np.random.default_rng(3)
+    lines = []
+    for v in range(300):
+        for visit in range(1, int(rng.integers(1, 4)) + 1):
+            hits = []
+            for h in range(int(rng.integers(1, 9))):
+                hit = {"hitNumber": h + 1, "time": int(rng.integers(0, 20)) * 1000,
+                       "type": "PAGE" if rng.random() < 0.8 else "EVENT",
+                       "page": {"pagePath": f"/p/{int(rng.integers(0, 15))}"},
+                       "customDimensions": [{"index": 3, "value": "x"}],
+                       "product": [{"productSKU": f"SKU{int(s)}"} for s in rng.integers(0, 25, int(rng.integers(0, 4)))]}
+                if rng.random() < 0.7:
+                    hit["customDimensions"].append({"index": 10, "value": f"c{int(rng.integers(0, 30))}"})
+                hits.append(hit)
+                if rng.random() < 0.1:
+                    hits.append(dict(hit))  # an exact duplicate hit
+            session = {"fullVisitorId": f"{v:05d}", "visitNumber": visit, "hits": hits}
+            if len(hits) > 3 and rng.random() < 0.2:  # the same session on two lines
+                lines.append(json.dumps({**session, "hits": hits[:2]}))
+                lines.append(json.dumps({**session, "hits": hits[2:]}))
+            else:
+                lines.append(json.dumps(session))
+    path = tmp_path_factory.mktemp("tricky") / "sessions.json"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def duckdb_interactions(path: str, item_source: str) -> pd.DataFrame:
+    query = sources.build_query(f"read_json('{path}', format='newline_delimited')", item_source=item_source)
+    return duckdb.connect().execute(query).df()
+
+
+def beam_interactions(path: str, item_source: str) -> pd.DataFrame:
+    out = f"{path}.{item_source}.beam"
+    with beam.Pipeline("FnApiRunner") as p:
+        read = p | sources.ReadGaSessions(path, item_source, 10, "PAGE")
+        _ = (read.hits | sessionize.SessionizeHits()
+             | beam.FlatMap(lambda kv: [json.dumps([kv[0], item, d]) for item, d in kv[1]])
+             | beam.io.WriteToText(out, shard_name_template=""))
+    with open(out) as handle:
+        rows = [json.loads(line) for line in handle]
+    return pd.DataFrame(rows, columns=["visitorId", "contentId", "session_duration"])
+
+
+def as_sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame[["visitorId", "contentId", "session_duration"]].copy()
+    frame["session_duration"] = frame["session_duration"].astype(float)
+    return frame.sort_values(["visitorId", "contentId"]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("item_source", ITEM_SOURCES)
+def test_project_sql_in_duckdb_equals_pandas_reference(tricky_sessions, item_source):
+    sql = as_sorted(duckdb_interactions(tricky_sessions, item_source))
+    reference = as_sorted(oracles.durations_from_hits(oracles.ga_json_hits(tricky_sessions, item_source=item_source)))
+    assert len(sql) > 100
+    pd.testing.assert_frame_equal(sql, reference)
+
+
+@pytest.mark.parametrize("item_source", ITEM_SOURCES)
+def test_beam_sessionization_equals_project_sql_in_duckdb(tricky_sessions, item_source):
+    pd.testing.assert_frame_equal(
+        as_sorted(beam_interactions(tricky_sessions, item_source)),
+        as_sorted(duckdb_interactions(tricky_sessions, item_source)),
+    )
+
+
+def test_session_durations_by_hand():
+    # t=0 A, t=1000 B and C (one hit, two products), t=1000 B again (duplicate), t=5000 no item,
+    # t=7000 A (last hit: no duration). A: 1000, B: 4000, C: 4000.
+    hits = [(0, "A"), (1000, "B"), (1000, "C"), (1000, "B"), (5000, None), (7000, "A")]
+    assert sessionize.session_item_durations(hits) == {"A": 1000, "B": 4000, "C": 4000}
+
+
+def offline_flags(tmp_path) -> list:
+    # The graph is the same for every runner; with --runner DataflowRunner or gs:// paths,
+    # merely building it already talks to Cloud Storage (staging bucket lookups).
+    return ["--project", "my-project", "--region", "europe-west1",
+            "--temp_location", str(tmp_path / "tmp"), "--output_dir", str(tmp_path / "out")]
+
+
+def find_bigquery_reads(p: beam.Pipeline) -> list:
+    found = []
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def enter_composite_transform(self, node):
+            if isinstance(node.transform, beam.io.ReadFromBigQuery):
+                found.append(node.transform)
+
+    p.visit(Visitor())
+    return found
+
+
+@pytest.mark.parametrize("extra,expected_query", [
+    (["--bq_table", "my-project.ga.ga_sessions_*", "--start_date", "20170701", "--end_date", "20170731"],
+     lambda: sources.build_query("my-project.ga.ga_sessions_*", start_date="20170701", end_date="20170731")),
+    (["--bq_table", "p.d.t", "--item_source", "page_path", "--hit_type", "ALL"],
+     lambda: sources.build_query("p.d.t", item_source="page_path", hit_type="ALL")),
+    (["--query", "SELECT 'v' AS visitorId, 'c' AS contentId, 5 AS session_duration"],
+     lambda: "SELECT 'v' AS visitorId, 'c' AS contentId, 5 AS session_duration"),
+])
+def test_bigquery_branch_builds_a_standard_sql_read(extra, expected_query, tmp_path):
+    options = PreprocessOptions(offline_flags(tmp_path) + extra)
+    validate(options)
+    p = beam.Pipeline(options=options)
+    graph.build_pipeline(p, options)  # the whole graph builds with Dataflow options, offline
+    (read,) = find_bigquery_reads(p)
+    assert read._kwargs["query"] == expected_query()
+    assert read._kwargs["use_standard_sql"] is True
+
+
+def test_query_text_fixes_the_seed_bug():
+    query = sources.build_query("p.d.ga_sessions_*")
+    assert "`p.d.ga_sessions_*`" in query
+    assert "PARTITION BY visitorId, visitNumber ORDER BY hit_time" in query
+    assert "h.type = 'PAGE'" in query
+    assert "cd.index = 10" in sources.build_query("p.d.t", content_dimension_index=10)
+    assert "cd.index = 7" in sources.build_query("p.d.t", content_dimension_index=7)
+    assert "_TABLE_SUFFIX BETWEEN '20170101' AND '20170102'" in sources.build_query(
+        "p.d.t_*", start_date="20170101", end_date="20170102")
+
+
+@pytest.mark.parametrize("argv,message", [
+    ([], "exactly one input"),
+    (["--input", "a", "--bq_table", "p.d.t"], "exactly one input"),
+    (["--bq_table", "p.d.t", "--start_date", "2017-01-01", "--end_date", "20170102"], "YYYYMMDD"),
+    (["--bq_table", "p.d.t", "--start_date", "20170101"], "both"),
+    (["--bq_table", "not a table"], "PROJECT.DATASET.TABLE"),
+    (["--input", "x", "--hit_type", "PAGE' OR '1'='1"], "plain word"),
+    (["--input", "x", "--rating_scale", "0"], "positive"),
+])
+def test_bad_flags_get_clear_errors(argv, message):
+    with pytest.raises(ValueError, match=message):
+        validate(PreprocessOptions(argv))
+
+
+def dry_run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["./run_dataflow.sh", "--dry_run", *args], cwd=REPO, capture_output=True, text=True)
+
+
+GCP = ["--runner", "DataflowRunner", "--project", "p", "--region", "europe-west1",
+       "--temp_location", "gs://b/tmp", "--output_dir", "gs://b/out", "--bq_table", "p.ga.ga_sessions_*"]
+
+
+def test_run_dataflow_launches_with_setup_file_or_custom_container():
+    with_setup = dry_run(*GCP)
+    assert with_setup.returncode == 0, with_setup.stderr
+    argv = shlex.split(with_setup.stdout.strip().splitlines()[-1])
+    assert argv[1:3] == ["-m", "preprocess"]
+    assert argv[argv.index("--setup_file") + 1] == "./setup.py"
+    assert argv[argv.index("--runner") + 1] == "DataflowRunner"
+    assert argv[argv.index("--bq_table") + 1] == "p.ga.ga_sessions_*"
+    # The printed flags parse and validate as the job's own options.
+    options = PreprocessOptions(argv[3:])
+    validate(options)
+    assert options.bq_table == "p.ga.ga_sessions_*"
+
+    image = "europe-docker.pkg.dev/p/r/ga-preprocess:0.1.0"
+    with_image = dry_run(*GCP, "--sdk_container_image", image)
+    argv = shlex.split(with_image.stdout.strip().splitlines()[-1])
+    assert "--setup_file" not in argv and argv[argv.index("--sdk_container_image") + 1] == image
+
+
+@pytest.mark.parametrize("missing", ["--project", "--region", "--temp_location", "--output_dir"])
+def test_run_dataflow_refuses_incomplete_cloud_flags(missing):
+    flags = list(GCP)
+    at = flags.index(missing)
+    del flags[at:at + 2]
+    result = dry_run(*flags)
+    assert result.returncode == 2 and missing in result.stderr
+
+
+def test_local_default_run_command():
+    result = dry_run()
+    argv = shlex.split(result.stdout.strip().splitlines()[-1])
+    assert argv[argv.index("--runner") + 1] == "FnApiRunner"
+    assert argv[argv.index("--input_format") + 1] == "ga_json"
