@@ -8,7 +8,7 @@
 #
 # Flags other than the ones below go to `python -m preprocess` unchanged.
 #   --dry_run              print the command instead of running it
-#   --skip_training        local run: stop after preprocessing
+#   --skip_training        local run: stop after preprocessing (also skipped with your own --output_dir)
 # On Dataflow the workers install this package from --setup_file (added for you), or use a
 # custom worker image given with --sdk_container_image (see Dockerfile), which starts faster.
 set -euo pipefail
@@ -78,5 +78,21 @@ if ! has_flag input && ! has_flag bq_table && ! has_flag query; then
   fi
   args+=(--input "$SAMPLE" --input_format ga_json)
 fi
-has_flag output_dir || args+=(--output_dir "$LOCAL_OUTPUT")
+own_output=0
+has_flag output_dir && own_output=1 || args+=(--output_dir "$LOCAL_OUTPUT")
+start=$SECONDS
 run "$PY" -m preprocess "${args[@]}"
+echo "Preprocessing took $((SECONDS - start)) s." >&2
+
+if [ "$skip_training" = 0 ] && [ "$own_output" = 0 ]; then
+  start=$SECONDS
+  run "$PY" -m trainer.task --input_path "$LOCAL_OUTPUT" --output_dir "$LOCAL_MODEL" \
+      --num_epochs 10 --n_embeds 10 --topk 10
+  echo "Training took $((SECONDS - start)) s." >&2
+  if [ "$dry_run" = 0 ]; then
+    echo
+    echo "Outputs: $LOCAL_OUTPUT (TFRecords, vocabularies, metadata.json), $LOCAL_MODEL (factors, batch_pred.txt, export/)"
+    echo "Recommendations for the first 5 users (visitorId<TAB>contentIds, best first):"
+    head -n 5 "$LOCAL_MODEL/batch_pred.txt"
+  fi
+fi

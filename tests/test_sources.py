@@ -197,6 +197,9 @@ def test_run_dataflow_refuses_incomplete_cloud_flags(missing):
 
 def test_local_default_run_command():
     result = dry_run()
-    argv = shlex.split(result.stdout.strip().splitlines()[-1])
-    assert argv[argv.index("--runner") + 1] == "FnApiRunner"
-    assert argv[argv.index("--input_format") + 1] == "ga_json"
+    *_, preprocess, train = [shlex.split(line) for line in result.stdout.strip().splitlines()]
+    assert preprocess[1:3] == ["-m", "preprocess"]
+    assert preprocess[preprocess.index("--runner") + 1] == "FnApiRunner"
+    assert preprocess[preprocess.index("--input_format") + 1] == "ga_json"
+    out = preprocess[preprocess.index("--output_dir") + 1]
+    assert train[1:3] == ["-m", "trainer.task"] and train[train.index("--input_path") + 1] == out
