@@ -64,6 +64,11 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     path = metadata.write_metadata(meta, options.output_dir)
     metadata.log_summary(meta)
     logging.info("Metadata: %s", path)
+    print(
+        f"preprocess: {meta['ninteractions']} interactions, {meta['nusers']} users, "
+        f"{meta['nitems']} items -> {options.output_dir}",
+        flush=True,
+    )
     return meta
 
 
@@ -72,23 +77,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
-        meta = run(argv)
+        run(argv)
     except (ValueError, metadata.NoInteractionsError) as error:
         logging.error("%s", error)
         return 2
     except Exception:  # any other failure: show it, never exit 0
         logging.exception("Preprocessing failed.")
         return 1
-    print(
-        f"preprocess: {meta['ninteractions']} interactions, {meta['nusers']} users, "
-        f"{meta['nitems']} items -> {options_output(argv)}",
-        flush=True,
-    )
     return 0
-
-
-def options_output(argv: Optional[Sequence[str]]) -> str:
-    return PreprocessOptions(argv).output_dir
 
 
 if __name__ == "__main__":

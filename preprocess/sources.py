@@ -115,10 +115,8 @@ def parse_time(value: Any) -> Optional[float]:
         return None
     if isinstance(value, str):
         try:
-            value = float(value.strip()) if value.strip() else None
+            value = float(value)  # float() itself ignores surrounding whitespace
         except ValueError:
-            return None
-        if value is None:
             return None
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         return None
