@@ -502,14 +502,16 @@ class WALSModel:
         row_weights: np.ndarray | None = None,
         col_weights: np.ndarray | None = None,
         state: TrainingState | None = None,
-        callback: Callable[[TrainingState], None] | None = None,
+        callback: Callable[[TrainingState], bool | None] | None = None,
         progress: ProgressFn | None = None,
     ) -> "WALSModel":
         """Runs sweeps ``state.sweeps_done + 1 .. epochs`` (all of them without ``state``).
 
         After each sweep the loss/RWSE are computed and ``callback(state)`` is called (it may
-        checkpoint, log, or raise to stop). The run is deterministic on CPU for a fixed
-        ``random_state``, so resuming from a saved state gives the same factors.
+        checkpoint, log, or raise); when it returns ``True`` no further sweep runs (early
+        stopping) and the model keeps the factors of the sweep just finished. The run is
+        deterministic on CPU for a fixed ``random_state``, so resuming from a saved state gives
+        the same factors.
         """
         tf = _tf()
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
@@ -552,8 +554,8 @@ class WALSModel:
                     state.item_factors,
                     state.history,
                 )
-                if callback is not None:
-                    callback(state)
+                if callback is not None and callback(state):
+                    break
         self.user_factors = state.user_factors.astype(np.float32)
         self.item_factors = state.item_factors.astype(np.float32)
         self.history = list(state.history)
