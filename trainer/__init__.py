@@ -11,6 +11,7 @@ Modules, one concern each:
 * :mod:`trainer.wals`       the solver: batched alternating least squares, the loss, and the
                             :class:`~trainer.wals.WALSModel` interface.
 * :mod:`trainer.recommend`  batched top-k with seen-item filtering and ``batch_pred.txt``.
+* :mod:`trainer.evaluation` held-out ranking metrics (precision/recall/NDCG/MAP@k, coverage).
 * :mod:`trainer.export`     the serving SavedModel (lookup by raw ID, fold-in).
 * :mod:`trainer.checkpoint` per-sweep checkpoints for ``--resume``.
 * :mod:`trainer.fileio`     local / ``gs://`` file helpers (``tf.io.gfile``).

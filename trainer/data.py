@@ -1,6 +1,8 @@
 """``tf.data`` input: the pipeline's TFRecord shards → in-memory :class:`~trainer.sparse.CSR`.
 
 Each record is one row (``key``) with its ``indices`` / ``values`` (``schemas/records.py``).
+The optional held-out ``test_items_for_user`` shards have the same schema and dense IDs
+(:func:`load_test_data`).
 Rows are placed by their own ``key``; the shards are read once, in parallel, and the whole
 matrix is then held in memory (the solver gathers from it every half-sweep, so re-reading
 files each sweep would only cost time).
@@ -31,9 +33,16 @@ _READ_BATCH = 1024
 
 
 def read_shards(
-    files: Sequence[str], nrows: int, ncols: int, compression: str = "", what: str = "shards"
+    files: Sequence[str],
+    nrows: int,
+    ncols: int,
+    compression: str = "",
+    what: str = "shards",
+    allow_empty: bool = False,
 ) -> CSR:
-    """Reads ``files`` (TFRecords of ``tf.train.Example``) into an ``nrows × ncols`` CSR."""
+    """Reads ``files`` (TFRecords of ``tf.train.Example``) into an ``nrows × ncols`` CSR.
+
+    No records at all is an error unless ``allow_empty`` (then an empty matrix)."""
     import tensorflow as tf
 
     spec = records.feature_spec()
@@ -70,6 +79,9 @@ def read_shards(
         raise TrainerInputError(
             f"{what}: unreadable or malformed record in {list(files)[:3]}...: {e.message}"
         ) from e
+    if not keys and allow_empty:
+        log.info("read %s: no records in %d shard(s)", what, len(files))
+        return CSR(np.zeros(nrows + 1, np.int64), np.zeros(0), np.zeros(0), (nrows, ncols))
     if not keys:
         raise TrainerInputError(f"{what}: no records in {len(files)} shard(s) {list(files)[:3]}")
 
@@ -124,3 +136,47 @@ def load_training_data(md: Metadata) -> TrainingData:
             f"({iu.nnz} vs {ui.nnz} entries, or different coordinates/values)"
         )
     return TrainingData(ui, iu)
+
+
+def load_test_data(md: Metadata, train_user_items: CSR | None = None) -> CSR | None:
+    """The held-out ``test_items_for_user`` shards as an ``nusers × nitems`` CSR (the training
+    shape and dense IDs), or ``None`` when ``metadata.json`` names none.
+
+    Checks the entry and user counts against ``metadata.json``'s ``split`` when it gives them.
+    With ``train_user_items``, warns about test entries that are also training entries (they
+    can never be hit: training items are never recommended) and test users without training
+    interactions (their factor is 0, so they get no recommendations).
+    """
+    if not md.test_items_for_user:
+        return None
+    what = records.TEST_ITEMS_FOR_USER
+    test = read_shards(
+        md.test_items_for_user, md.nusers, md.nitems, md.compression, what=what, allow_empty=True
+    )
+    split = md.split or {}
+    for name, got in (
+        ("test_interactions", test.nnz),
+        ("test_users", int(np.count_nonzero(test.row_lengths()))),
+    ):
+        want = split.get(name)
+        if isinstance(want, int) and not isinstance(want, bool) and want != got:
+            raise TrainerInputError(
+                f"{what} holds {got} {name.split('_')[1]}, metadata.json split says {name}={want}"
+            )
+    if train_user_items is not None and test.nnz:
+        nitems = max(md.nitems, 1)
+        both = np.intersect1d(
+            test.row_ids() * nitems + test.indices,
+            train_user_items.row_ids() * nitems + train_user_items.indices,
+        )
+        if both.size:
+            log.warning(
+                "%d held-out entries are also training entries: they can never be hit", both.size
+            )
+        cold = (test.row_lengths() > 0) & (train_user_items.row_lengths() == 0)
+        if cold.any():
+            log.warning(
+                "%d held-out users have no training interactions: they get no recommendations",
+                int(cold.sum()),
+            )
+    return test

@@ -31,6 +31,10 @@ class Metadata:
     users_for_item: list[str]
     compression: str  # tf.data compression_type: "", "GZIP" or "ZLIB"
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    # held-out split (optional): test shards, same schema and dense IDs as items_for_user;
+    # [] and None when the preprocessing made no split (or predates it)
+    test_items_for_user: list[str] = field(default_factory=list)
+    split: dict[str, Any] | None = None
 
 
 def metadata_path(input_path: str) -> str:
@@ -77,6 +81,18 @@ def load_metadata(input_path: str) -> Metadata:
             raise TrainerInputError(f"{path}: '{name}' lists missing shard(s): {missing[:3]}")
         return files
 
+    def get_optional_files(name: str) -> list[str]:
+        v = raw.get(name)
+        if v is None or v == []:
+            return []
+        if not isinstance(v, list):
+            raise TrainerInputError(f"{path}: '{name}' must be a list of shard files, got {v!r}")
+        return get_files(name)
+
+    split = raw.get("split")
+    if split is not None and not isinstance(split, dict):
+        raise TrainerInputError(f"{path}: 'split' must be a JSON object, got {split!r}")
+
     compression = raw.get("record_compression", "NONE")
     if compression not in _COMPRESSION:
         raise TrainerInputError(
@@ -93,6 +109,8 @@ def load_metadata(input_path: str) -> Metadata:
         users_for_item=get_files(records.USERS_FOR_ITEM),
         compression=_COMPRESSION[compression],
         raw=raw,
+        test_items_for_user=get_optional_files(records.TEST_ITEMS_FOR_USER),
+        split=split,
     )
     return md
 
