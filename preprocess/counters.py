@@ -23,6 +23,7 @@ DROP_REASONS = {
     "other_hit_type": "hit whose hits.type is not --hit_type",
     "invalid_duration": "interactions_csv / query row whose session_duration is not a finite number",
     "nonpositive_duration": "(visitor, item) whose summed time is 0 or less",
+    "held_out_unseen_item": "held-out (test) interaction whose item has no training interaction",
 }
 
 

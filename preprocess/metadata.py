@@ -14,7 +14,7 @@ from typing import Optional
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from preprocess import counters, pipeline as graph, transform
+from preprocess import counters, pipeline as graph, split, transform
 from preprocess.options import PreprocessOptions
 from schemas import records as contract
 
@@ -95,6 +95,17 @@ def build_metadata(result, options: PreprocessOptions) -> dict:
         "item_vocabulary": item_vocab,
         contract.USERS_FOR_ITEM: _relative(_shards(out, contract.USERS_FOR_ITEM), out),
         contract.ITEMS_FOR_USER: _relative(_shards(out, contract.ITEMS_FOR_USER), out),
+        contract.TEST_ITEMS_FOR_USER: _relative(_shards(out, contract.TEST_ITEMS_FOR_USER), out)
+        if options.test_fraction > 0 else [],
+        "split": {
+            "test_fraction": options.test_fraction,
+            "seed": options.split_seed,
+            "method": split.METHOD,
+            "held_out_interactions": values.get("held_out_interactions", 0),
+            "test_interactions": values.get("test_interactions", 0),
+            "test_users": values.get("test_users", 0),
+            "test_dropped_unseen_item": dropped["held_out_unseen_item"],
+        },
         "record_compression": "NONE",
         "transform_output": graph.TRANSFORM_OUTPUT,
         "dropped": dropped,
@@ -131,6 +142,13 @@ def log_summary(metadata: dict) -> None:
         "Wrote %d interactions: %d users x %d items, median duration %s.",
         metadata["ninteractions"], metadata["nusers"], metadata["nitems"], metadata["median_duration"],
     )
+    held_out = metadata["split"]
+    if held_out["test_fraction"] > 0:
+        logging.info(
+            "Held out %d interactions of %d users for evaluation (test_fraction=%s, seed=%d).",
+            held_out["test_interactions"], held_out["test_users"], held_out["test_fraction"],
+            held_out["seed"],
+        )
     if dropped:
         logging.info(
             "Dropped %d rows/hits: %s", sum(dropped.values()),

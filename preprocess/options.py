@@ -90,6 +90,20 @@ class PreprocessOptions(PipelineOptions):
             help="Shards per TFRecord output; 0 lets the runner choose.",
         )
         out.add_argument(
+            "--test_fraction",
+            type=float,
+            default=0.0,
+            help="Hold out about this share of each user's interactions for evaluation "
+            "(test_items_for_user-*); 0 = no split. Deterministic: a seeded hash of "
+            "(visitor, item), see preprocess/split.py.",
+        )
+        out.add_argument(
+            "--split_seed",
+            type=int,
+            default=0,
+            help="Seed of the held-out split's hash.",
+        )
+        out.add_argument(
             "--rating_scale",
             type=float,
             default=0.3,
@@ -128,6 +142,8 @@ def validate(options: PreprocessOptions) -> None:
         raise ValueError(f"--hit_type must be a plain word, got {o.hit_type!r}.")
     if o.rating_scale <= 0 or o.rating_cap <= 0:
         raise ValueError("--rating_scale and --rating_cap must be positive.")
+    if not 0.0 <= o.test_fraction < 1.0:
+        raise ValueError(f"--test_fraction must be in [0, 1), got {o.test_fraction}.")
     if o.num_shards < 0:
         raise ValueError("--num_shards must be >= 0.")
     if not o.output_dir:

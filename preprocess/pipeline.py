@@ -4,10 +4,13 @@
     BigQuery SQL / interactions CSV ─► SumInteractions ──────┴► per visitor: (item, duration)...
         ├─► MedianDuration (CombineGlobally, exact) ──┐ side input
         └─► ScaleToRatings ◄──────────────────────────┘
-              └─► ApplyVocabularies (tf.Transform, record batches) ─► (userIds, itemIds, ratings)
-                    ├─► users_for_item-*.tfrecord    (grouped by item)
-                    ├─► items_for_user-*.tfrecord    (grouped by user)
-                    └─► transform_output/ (transform_fn + vocabularies)
+              └─► MarkHeldOut (per-user hash split, --test_fraction)
+                    └─► ApplyVocabularies (tf.Transform, record batches; vocabularies from
+                        training rows) ─► (userIds, itemIds, ratings, heldOut)
+                          ├─► users_for_item-*.tfrecord       (training, grouped by item)
+                          ├─► items_for_user-*.tfrecord       (training, grouped by user)
+                          ├─► test_items_for_user-*.tfrecord  (held out, grouped by user)
+                          └─► transform_output/ (transform_fn + vocabularies)
     dropped rows ─► dropped/rows-*.jsonl             (dead letters, with the reason)
 
 ``metadata.json`` is written by the launcher (``preprocess.__main__``) once the job is done,
@@ -23,7 +26,7 @@ import tensorflow_transform.beam as tft_beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-from preprocess import rating, records, sessionize, sources, transform
+from preprocess import rating, records, sessionize, sources, split, transform
 from preprocess.options import PreprocessOptions
 
 TRANSFORM_OUTPUT = "transform_output"
@@ -38,7 +41,7 @@ class PipelineHandles:
 
     interactions: beam.PCollection  # (visitorId, ((contentId, session_duration), ...))
     median: beam.PCollection  # one float
-    dense_batches: beam.PCollection  # (userIds, itemIds, ratings) NumPy arrays
+    dense_batches: beam.PCollection  # (userIds, itemIds, ratings, heldOut) NumPy arrays
     dropped: beam.PCollection  # JSON text of dead-lettered rows
 
 
@@ -78,13 +81,16 @@ def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> Pipel
     ratings = interactions | "ScaleToRatings" >> rating.ScaleToRatings(
         median, options.rating_scale, options.rating_cap
     )
-    dense_batches, transform_fn = ratings | "ApplyVocabularies" >> transform.ApplyVocabularies(
+    marked = ratings | "MarkHeldOut" >> split.MarkHeldOut(options.test_fraction, options.split_seed)
+    dense_batches, transform_fn = marked | "ApplyVocabularies" >> transform.ApplyVocabularies(
         temp_dir(options)
     )
     _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
         FileSystems.join(out, TRANSFORM_OUTPUT)
     )
-    _ = dense_batches | "WriteRecords" >> records.WriteInteractionRecords(out, options.num_shards)
+    _ = dense_batches | "WriteRecords" >> records.WriteInteractionRecords(
+        out, options.num_shards, write_test=options.test_fraction > 0
+    )
 
     _ = (
         median

@@ -1,7 +1,9 @@
 """Group dense interactions both ways and write them as sharded TFRecords.
 
 ``users_for_item-*``: key = itemId, indices = userIds, values = ratings (one column of A);
-``items_for_user-*``: key = userId, indices = itemIds, values = ratings (one row of A).
+``items_for_user-*``: key = userId, indices = itemIds, values = ratings (one row of A);
+``test_items_for_user-*``: the held-out interactions, same layout and IDs as ``items_for_user``
+(written only with ``--test_fraction`` > 0).
 The feature names are the contract in ``schemas/records.py``. Indices are sorted so the
 output is the same on every runner.
 
@@ -20,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from preprocess import counters
 from schemas import records as contract
 
-BY_USER, BY_ITEM = "by_user", "by_item"
+BY_USER, BY_ITEM, TEST_BY_USER = "by_user", "by_item", "test_by_user"
 
 
 def partial_rows(keys: np.ndarray, indices: np.ndarray, values: np.ndarray) -> Iterable[tuple]:
@@ -37,13 +39,25 @@ def partial_rows(keys: np.ndarray, indices: np.ndarray, values: np.ndarray) -> I
 
 
 class SplitBatchByRowFn(beam.DoFn):
-    """(userIds, itemIds, ratings) batch -> partial rows by user (main) and by item (tagged)."""
+    """(userIds, itemIds, ratings, heldOut) batch -> training partial rows by user (main) and
+    by item, held-out partial rows by user. A held-out row whose item has no training
+    interaction (itemId −1) is counted and dropped: no model can score it."""
 
     def __init__(self) -> None:
         self.interactions = counters.counter("interactions")
+        self.test_interactions = counters.counter("test_interactions")
+        self.unseen = counters.counter(counters.DROPPED_PREFIX + "held_out_unseen_item")
 
     def process(self, columns) -> Iterable:
-        users, items, ratings = columns
+        users, items, ratings, held_out = columns
+        if held_out.any():
+            test = held_out & (items >= 0)
+            self.unseen.inc(int(held_out.sum() - test.sum()))
+            self.test_interactions.inc(int(test.sum()))
+            for row in partial_rows(users[test], items[test], ratings[test]):
+                yield beam.pvalue.TaggedOutput(TEST_BY_USER, row)
+            train = ~held_out
+            users, items, ratings = users[train], items[train], ratings[train]
         self.interactions.inc(len(users))
         yield from partial_rows(users, items, ratings)
         for row in partial_rows(items, users, ratings):
@@ -67,16 +81,24 @@ def encode_example(key: int, parts: Iterable[tuple]) -> bytes:
 class WriteGroupedRecords(beam.PTransform):
     """Partial rows ``(key, (indices, values))`` -> TFRecord shards ``prefix-SSSSS-of-NNNNN.tfrecord``."""
 
-    def __init__(self, prefix: str, num_shards: int = 0) -> None:
+    def __init__(self, prefix: str, num_shards: int = 0, rows_counter: str = "") -> None:
         super().__init__()
         self.prefix = prefix
         self.num_shards = num_shards
+        self.rows_counter = rows_counter  # counts the records written, when named
 
     def expand(self, partial):
+        rows = counters.counter(self.rows_counter) if self.rows_counter else None
+
+        def to_example(key: int, parts: Iterable[tuple]) -> bytes:
+            if rows is not None:
+                rows.inc()
+            return encode_example(key, parts)
+
         return (
             partial
             | "GroupByKey" >> beam.GroupByKey()
-            | "ToExample" >> beam.MapTuple(encode_example)
+            | "ToExample" >> beam.MapTuple(to_example)
             | "WriteTFRecords"
             >> beam.io.WriteToTFRecord(
                 self.prefix, file_name_suffix=contract.RECORD_SUFFIX, num_shards=self.num_shards
@@ -85,17 +107,24 @@ class WriteGroupedRecords(beam.PTransform):
 
 
 class WriteInteractionRecords(beam.PTransform):
-    """Dense column batches -> ``users_for_item-*`` and ``items_for_user-*`` under ``output_dir``."""
+    """Dense column batches -> ``users_for_item-*``, ``items_for_user-*`` and (with a held-out
+    split) ``test_items_for_user-*`` under ``output_dir``."""
 
-    def __init__(self, output_dir: str, num_shards: int = 0) -> None:
+    def __init__(self, output_dir: str, num_shards: int = 0, write_test: bool = False) -> None:
         super().__init__()
         self.output_dir = output_dir
         self.num_shards = num_shards
+        self.write_test = write_test
 
     def expand(self, dense_batches):
         rows = dense_batches | "SplitByRow" >> beam.ParDo(SplitBatchByRowFn()).with_outputs(
-            BY_ITEM, main=BY_USER
+            BY_ITEM, TEST_BY_USER, main=BY_USER
         )
+        if self.write_test:
+            _ = rows[TEST_BY_USER] | "TestItemsForUser" >> WriteGroupedRecords(
+                FileSystems.join(self.output_dir, contract.TEST_ITEMS_FOR_USER), self.num_shards,
+                rows_counter="test_users",
+            )
         by_item = rows[BY_ITEM] | "UsersForItem" >> WriteGroupedRecords(
             FileSystems.join(self.output_dir, contract.USERS_FOR_ITEM), self.num_shards
         )

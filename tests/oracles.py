@@ -93,8 +93,13 @@ def pipeline_output(output_dir: str) -> dict:
     for name, row_vocab, col_vocab, row_col, col_col in (
         ("items_for_user", users, items, "visitorId", "contentId"),
         ("users_for_item", items, users, "contentId", "visitorId"),
+        ("test_items_for_user", users, items, "visitorId", "contentId"),
     ):
-        records = read_records([os.path.join(output_dir, p) for p in meta[name]])
+        records = read_records([os.path.join(output_dir, p) for p in meta.get(name, [])])
+        if not records:
+            frames[name] = pd.DataFrame(columns=["visitorId", "contentId", "rating"])
+            frames[name + "_keys"] = []
+            continue
         for key, indices, values in records:
             assert len(key) == 1 and len(indices) == len(values)
         row_ids = np.concatenate([np.full(len(ind), k[0]) for k, ind, _ in records])
