@@ -10,15 +10,24 @@ what is wrong), 0 on success.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
 import platform
 import sys
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
 
 from trainer import __version__, fileio
 from trainer.errors import TrainerInputError
+
+if TYPE_CHECKING:  # annotations only: task.py stays cheap to import for --help
+    from trainer.checkpoint import Checkpointer
+    from trainer.sparse import CSR
+    from trainer.wals import TrainingState, WALSModel
 
 log = logging.getLogger("trainer")
 
@@ -29,6 +38,9 @@ BATCH_PRED = "batch_pred.txt"
 BATCH_PRED_USERS = "batch_pred_users.txt"
 EXPORT_DIR = "export"
 VOCAB_DIR = "vocab"
+METRICS = "metrics.json"
+EVAL_STATE = "evaluation.json"  # in OUTPUT_DIR/checkpoint: evaluations so far, for --resume
+BEST_FACTORS = "best_factors-{:05d}.npz"  # in OUTPUT_DIR/checkpoint: early stopping's best sweep
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -67,6 +79,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     s.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="solver precision (outputs are float32)")
     s.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint (same flags and data required)")
 
+    e = p.add_argument_group("held-out evaluation (when metadata.json names test_items_for_user shards)")
+    e.add_argument("--eval_k", type=int, default=10, help="k of precision/recall/NDCG/MAP@k and coverage@k")
+    e.add_argument("--eval_every", type=int, default=0,
+                   help="also evaluate after every N sweeps (0: only after training; 1 with early stopping)")
+    e.add_argument("--early_stopping_metric", choices=["ndcg", "map", "recall", "precision"], default=None,
+                   help="stop when this metric@eval_k on a validation half of the held-out users stops "
+                   "improving, keep the best sweep's factors and report the other half (default: off)")
+    e.add_argument("--early_stopping_patience", type=int, default=3,
+                   help="evaluations without improvement before stopping")
+
     o = p.add_argument_group("outputs")
     o.add_argument("--topk", type=int, default=10, help="recommendations per user in batch_pred.txt")
     o.add_argument("--no_filter_seen", dest="filter_seen", action="store_false",
@@ -78,7 +100,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     o.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar on a terminal")
     o.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
-    for name, minimum in (("num_epochs", 1), ("n_embeds", 1), ("topk", 1), ("batch_size", 1), ("cg_steps", 1)):
+    for name, minimum in (("num_epochs", 1), ("n_embeds", 1), ("topk", 1), ("batch_size", 1), ("cg_steps", 1),
+                          ("eval_k", 1), ("eval_every", 0), ("early_stopping_patience", 1)):
         if getattr(args, name) < minimum:
             p.error(f"--{name} must be >= {minimum}, got {getattr(args, name)}")
     if args.regularization <= 0:
@@ -122,26 +145,250 @@ def _scalar_summary(tag: str, value: float, step: int) -> None:
     tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=meta)
 
 
+class _HeldOut:
+    """Held-out evaluation during and after training (``--eval_*``, ``--early_stopping_*``).
+
+    Without early stopping every evaluation uses all held-out users and the reported metrics
+    are those of the final factors. With early stopping the held-out users are split by
+    :func:`trainer.evaluation.validation_mask`: the validation half picks the sweep (the first
+    with the highest metric; the run stops after ``patience`` evaluations without a strictly
+    higher value) and only the untouched test half is reported, for the restored best factors.
+    The evaluations and the best factors are kept in the checkpoint directory, so ``--resume``
+    makes the same decisions as an uninterrupted run.
+    """
+
+    def __init__(
+        self, args: argparse.Namespace, train: CSR, test: CSR, split: dict | None,
+        ckpt: Checkpointer, writer: Any,
+    ) -> None:
+        from trainer import checkpoint
+        from trainer.evaluation import VALIDATION_SEED, keep_rows, metric_key, validation_mask
+
+        self.k = args.eval_k
+        self.num_epochs = args.num_epochs
+        self.batch_size = args.batch_size
+        self.train, self.split, self.writer = train, split, writer
+        self.early = args.early_stopping_metric is not None
+        self.key = metric_key(args.early_stopping_metric, self.k) if self.early else None
+        self.patience = args.early_stopping_patience
+        self.every = args.eval_every or (1 if self.early else 0)
+        has_test = test.row_lengths() > 0
+        self.held_out = {"users": int(has_test.sum()), "interactions": test.nnz}
+        if self.early:
+            val = validation_mask(np.arange(test.shape[0])) & has_test
+            self.validation, self.test = keep_rows(test, val), keep_rows(test, has_test & ~val)
+            nval, ntest = int(val.sum()), int((has_test & ~val).sum())
+            if nval == 0 or ntest == 0:
+                raise TrainerInputError(
+                    f"early stopping splits the {int(has_test.sum())} held-out users into a "
+                    f"validation and a test half; got {nval} and {ntest}: too few held-out users"
+                )
+            log.info(
+                "early stopping on validation %s (patience %d, evaluated every %d sweep(s)): "
+                "%d validation users, %d test users reported",
+                self.key, self.patience, self.every, nval, ntest,
+            )
+            self.halves = {"seed": VALIDATION_SEED, "validation_users": nval, "test_users": ntest}
+        else:
+            self.validation, self.test, self.halves = None, test, None
+        self.evaluations: list[dict] = []
+        self.best: tuple[int, np.ndarray, np.ndarray] | None = None  # (sweep, U, V)
+        self.ckpt_dir = ckpt.dir
+        config = {"k": self.k, "every": self.every, "metric": self.key, "patience": self.patience,
+                  "test": checkpoint.data_fingerprint(test), "training": ckpt.fingerprint}
+        self.fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+    def start_fresh(self) -> None:
+        """A run without --resume: an earlier run's evaluation state must not be picked up."""
+        for path in [fileio.join(self.ckpt_dir, EVAL_STATE), *self._best_files()]:
+            if fileio.exists(path):
+                _remove(path)
+
+    def _best_files(self) -> list[str]:
+        import tensorflow as tf
+
+        return tf.io.gfile.glob(fileio.join(self.ckpt_dir, BEST_FACTORS.replace("{:05d}", "*")))
+
+    # ------------------------------------------------------------------ during training
+    def _due(self, sweep: int) -> bool:
+        return self.every > 0 and (sweep % self.every == 0 or sweep == self.num_epochs)
+
+    def _log_scalars(self, prefix: str, metrics: dict, step: int) -> None:
+        with self.writer.as_default(step=step):
+            for name, value in metrics.items():
+                if "@" in name:
+                    _scalar_summary(f"{prefix}/{name}", value, step)
+        self.writer.flush()
+
+    def stop_now(self) -> bool:
+        from trainer.evaluation import evaluations_since_best
+
+        return self.early and evaluations_since_best(self.evaluations, self.key) >= self.patience
+
+    def after_sweep(self, st: TrainingState) -> bool:
+        """Evaluates when due; returns ``True`` when early stopping ends the run."""
+        from trainer.evaluation import best_index, evaluate
+
+        sweep = st.sweeps_done
+        if not self._due(sweep) or any(e["sweep"] == sweep for e in self.evaluations):
+            return False
+        which = "validation" if self.early else "test"
+        m = evaluate(st.user_factors, st.item_factors, self.train,
+                     self.validation if self.early else self.test, self.k, self.batch_size)
+        self.evaluations.append({"sweep": sweep, "set": which, **m})
+        log.info("eval after sweep %d (%s, %d users): %s", sweep, which, m["users"], _fmt(m))
+        self._log_scalars("validation" if self.early else "eval", m, sweep)
+        fileio.makedirs(self.ckpt_dir)
+        improved = self.early and best_index(self.evaluations, self.key) == len(self.evaluations) - 1
+        best_file = fileio.join(self.ckpt_dir, BEST_FACTORS.format(sweep))
+        if improved:
+            self.best = (sweep, st.user_factors.copy(), st.item_factors.copy())
+            # written before evaluation.json names this sweep the best, and the previous best
+            # file removed only after: a kill at any moment leaves the named best on disk
+            fileio.save_npz(best_file, user_factors=self.best[1], item_factors=self.best[2])
+        fileio.write_json(fileio.join(self.ckpt_dir, EVAL_STATE),
+                          {"fingerprint": self.fingerprint, "evaluations": self.evaluations})
+        if improved:
+            for old in self._best_files():
+                if fileio.basename(old) != fileio.basename(best_file):
+                    _remove(old)
+        if self.stop_now():
+            b = self.evaluations[best_index(self.evaluations, self.key)]
+            log.info(
+                "early stopping after sweep %d: validation %s has not improved for %d "
+                "evaluation(s) since sweep %d (%.6g)",
+                sweep, self.key, self.patience, b["sweep"], b[self.key],
+            )
+            return True
+        return False
+
+    def resume(self, st: TrainingState) -> None:
+        """Restores the evaluations up to checkpointed sweep ``st.sweeps_done`` (and replays
+        that sweep's evaluation if the run was killed between checkpoint and evaluation)."""
+        from trainer.evaluation import best_index
+
+        path = fileio.join(self.ckpt_dir, EVAL_STATE)
+        if fileio.exists(path):
+            saved = json.loads(fileio.read_text(path))
+            if saved.get("fingerprint") != self.fingerprint:
+                raise TrainerInputError(
+                    f"{path} was written with other evaluation flags or held-out data; use a "
+                    "fresh --output_dir or drop --resume"
+                )
+            self.evaluations = [e for e in saved["evaluations"] if e["sweep"] <= st.sweeps_done]
+        elif any(self._due(s) for s in range(1, st.sweeps_done)):
+            log.warning("--resume: no %s, the evaluations before sweep %d are unknown",
+                        path, st.sweeps_done)
+        if self.early and self.evaluations:
+            b = self.evaluations[best_index(self.evaluations, self.key)]["sweep"]
+            path = fileio.join(self.ckpt_dir, BEST_FACTORS.format(b))
+            if not fileio.exists(path):
+                raise TrainerInputError(f"missing {path} (factors of the best evaluated sweep)")
+            arrays = fileio.load_npz(path)
+            self.best = (b, arrays["user_factors"], arrays["item_factors"])
+        log.info("--resume: %d earlier evaluation(s) restored", len(self.evaluations))
+        self.after_sweep(st)
+
+    # ------------------------------------------------------------------ after training
+    def finish(self, model: WALSModel) -> dict:
+        """Restores the best factors (early stopping) into ``model``, evaluates the reported
+        users and returns the content of ``metrics.json``."""
+        from trainer.evaluation import best_index, evaluate
+
+        last = model.history[-1]["sweep"]
+        early = None
+        if self.early and self.best is not None:
+            sweep, u, v = self.best
+            b = self.evaluations[best_index(self.evaluations, self.key)]
+            stopped = self.stop_now()
+            early = {
+                "metric": self.key, "patience": self.patience, "every": self.every,
+                "best_sweep": sweep, "best_validation": b[self.key],
+                "stopped_early": stopped and last < self.num_epochs, "last_sweep": last,
+                **self.halves,
+            }
+            model.user_factors = u.astype(np.float32)
+            model.item_factors = v.astype(np.float32)
+            factors = "best"
+            log.info(
+                "early stopping: %s after sweep %d; restored the factors of sweep %d (best "
+                "validation %s = %.6g)",
+                "stopped" if early["stopped_early"] else "ran all sweeps", last, sweep, self.key,
+                b[self.key],
+            )
+        else:
+            sweep, factors = last, "final"
+        reused = [e for e in self.evaluations if e["sweep"] == sweep and e["set"] == "test"]
+        if reused:
+            m = {key: val for key, val in reused[0].items() if key not in ("sweep", "set")}
+        else:
+            m = evaluate(model.user_factors, model.item_factors, self.train, self.test, self.k,
+                         self.batch_size)
+            self._log_scalars("eval", m, sweep)
+        log.info("held-out evaluation of the %s factors (sweep %d, %d test users): %s",
+                 factors, sweep, m["users"], _fmt(m))
+        return {
+            "k": self.k,
+            "metrics": m,
+            "users": m["users"],
+            "factors": factors,
+            "sweep": sweep,
+            "sweeps_run": last,
+            "held_out": self.held_out,
+            "split": self.split,
+            "early_stopping": early,
+            "evaluations": self.evaluations,
+        }
+
+
+def _remove(path: str) -> None:
+    import tensorflow as tf
+
+    tf.io.gfile.remove(path)
+
+
+def _fmt(m: dict) -> str:
+    return " ".join(f"{key}={val:.6g}" for key, val in m.items() if "@" in key)
+
+
 def run(args: argparse.Namespace) -> dict:
     """The whole job; returns the summary written to ``training_summary.json``."""
     import tensorflow as tf
 
     from trainer import checkpoint, export, recommend
-    from trainer.data import load_training_data
+    from trainer.data import load_test_data, load_training_data
     from trainer.metadata import load_metadata, read_vocabulary
     from trainer.wals import WALSModel, default_device
     from trainer.weights import Weighting
 
     t_start = time.perf_counter()
     md = load_metadata(args.input_path)
+    if args.early_stopping_metric is not None and not md.test_items_for_user:
+        raise TrainerInputError(  # before the long read; empty test shards are caught below
+            "--early_stopping_metric needs held-out test records (test_items_for_user shards "
+            f"in {md.path}); this input has none"
+        )
     users = read_vocabulary(md.user_vocabulary, md.nusers, "user")
     items = read_vocabulary(md.item_vocabulary, md.nitems, "item")
     data = load_training_data(md)
+    test = load_test_data(md, data.user_items)
     t_read = time.perf_counter() - t_start
     log.info(
         "data: %d users x %d items, %d interactions (read in %.1f s)",
         md.nusers, md.nitems, data.user_items.nnz, t_read,
     )
+    if test is None or test.nnz == 0:
+        log.info("no held-out split: skipping evaluation" if test is None else
+                 "held-out split without test records: skipping evaluation")
+        if args.early_stopping_metric is not None:
+            raise TrainerInputError(
+                "--early_stopping_metric needs held-out test records (test_items_for_user "
+                f"shards in {md.path}); this input has none"
+            )
+        test = None
+    else:
+        log.info("held-out split: %d test interactions of %d users",
+                 test.nnz, int(np.count_nonzero(test.row_lengths())))
 
     weighting = Weighting(
         objective=args.objective,
@@ -188,8 +435,17 @@ def run(args: argparse.Namespace) -> dict:
 
     tb_dir = args.tensorboard_dir or os.environ.get("AIP_TENSORBOARD_LOG_DIR") or fileio.join(out, "tensorboard")
     writer = tf.summary.create_file_writer(tb_dir)
+    heldout = None if test is None else _HeldOut(args, data.user_items, test, md.split, ckpt, writer)
+    if heldout is not None and state is None:
+        heldout.start_fresh()
+    elif heldout is not None:
+        heldout.resume(state)
+    epochs = args.num_epochs
+    if heldout is not None and state is not None and heldout.stop_now():
+        epochs = state.sweeps_done  # early stopping had already ended the resumed run
+        log.info("--resume: early stopping had ended the run after sweep %d", epochs)
 
-    def on_sweep(st) -> None:
+    def on_sweep(st: TrainingState) -> bool:
         h = st.history[-1]
         log.info(
             "sweep %d/%d: loss=%.6g rwse=%.6g (%.2f s)",
@@ -200,13 +456,22 @@ def run(args: argparse.Namespace) -> dict:
                 _scalar_summary(tag, h[tag], h["sweep"])
         writer.flush()
         ckpt.save(st)
+        # after the checkpoint, so a resume can replay this sweep's evaluation (_HeldOut.resume)
+        return heldout is not None and heldout.after_sweep(st)
 
     t_fit = time.perf_counter()
     model.fit(
-        data.user_items, data.item_users, args.num_epochs,
+        data.user_items, data.item_users, epochs,
         state=state, callback=on_sweep, progress=_Progress(args.progress),
     )
     t_fit = time.perf_counter() - t_fit
+
+    evaluation = None
+    if heldout is not None:
+        t_eval = time.perf_counter()
+        evaluation = heldout.finish(model)  # with early stopping: model now has the best factors
+        fileio.write_json(fileio.join(out, METRICS), evaluation)
+        t_eval = time.perf_counter() - t_eval
 
     fileio.save_npy(fileio.join(out, ROW_FACTORS), model.user_factors.astype("float32"))
     fileio.save_npy(fileio.join(out, COL_FACTORS), model.item_factors.astype("float32"))
@@ -253,11 +518,16 @@ def run(args: argparse.Namespace) -> dict:
         },
         "final": {k: final[k] for k in ("sweep", "loss", "unregularized_loss", "rwse", "sum_weights")},
         "history": model.history,
+        "factors_from_sweep": evaluation["sweep"] if evaluation else final["sweep"],
+        "evaluation": None if evaluation is None else {
+            key: evaluation[key] for key in ("k", "metrics", "users", "factors", "sweep", "early_stopping")
+        },
         "timing": {
             "read_seconds": t_read,
             "fit_seconds_this_run": t_fit,
             "mean_seconds_per_sweep": sum(swept) / len(swept),
             "predict_seconds": t_pred,
+            "final_evaluation_seconds": t_eval if evaluation else None,
             "total_seconds_this_run": time.perf_counter() - t_start,
         },
         "environment": {
@@ -271,6 +541,7 @@ def run(args: argparse.Namespace) -> dict:
             "batch_pred": BATCH_PRED if args.batch_pred else None,
             "batch_pred_users": BATCH_PRED_USERS if args.predict_users_for_items else None,
             "export": EXPORT_DIR if args.export else None,
+            "metrics": METRICS if evaluation else None,
         },
     }
     fileio.write_json(fileio.join(out, SUMMARY), summary)
