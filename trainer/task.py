@@ -311,9 +311,9 @@ class _HeldOut:
             model.item_factors = v.astype(np.float32)
             factors = "best"
             log.info(
-                "early stopping: %s after sweep %d; restored the factors of sweep %d (best "
+                "early stopping: %s %d sweep(s); restored the factors of sweep %d (best "
                 "validation %s = %.6g)",
-                "stopped" if early["stopped_early"] else "ran all sweeps", last, sweep, self.key,
+                "stopped after" if early["stopped_early"] else "ran all", last, sweep, self.key,
                 b[self.key],
             )
         else:
@@ -546,8 +546,10 @@ def run(args: argparse.Namespace) -> dict:
     }
     fileio.write_json(fileio.join(out, SUMMARY), summary)
     log.info(
-        "done: loss=%.6g rwse=%.6g after %d sweeps; outputs in %s",
-        final["loss"], final["rwse"], final["sweep"], out,
+        "done: loss=%.6g rwse=%.6g after %d sweeps%s; outputs in %s",
+        final["loss"], final["rwse"], final["sweep"],
+        "" if summary["factors_from_sweep"] == final["sweep"]
+        else f" (outputs hold the factors of sweep {summary['factors_from_sweep']})", out,
     )
     return summary
 
