@@ -77,6 +77,8 @@ if ! has_flag input && ! has_flag bq_table && ! has_flag query; then
     run "$PY" -m preprocess.sample_data --output "$SAMPLE"
   fi
   args+=(--input "$SAMPLE" --input_format ga_json)
+  # Hold out 20% of each user's interactions so the trainer reports held-out metrics.
+  has_flag test_fraction || args+=(--test_fraction 0.2)
 fi
 own_output=0
 has_flag output_dir && own_output=1 || args+=(--output_dir "$LOCAL_OUTPUT")
@@ -86,12 +88,14 @@ echo "Preprocessing took $((SECONDS - start)) s." >&2
 
 if [ "$skip_training" = 0 ] && [ "$own_output" = 0 ]; then
   start=$SECONDS
-  run "$PY" -m trainer.task --input_path "$LOCAL_OUTPUT" --output_dir "$LOCAL_MODEL" \
-      --num_epochs 10 --n_embeds 10 --topk 10
+  run "$PY" -m trainer.task --input_path "$LOCAL_OUTPUT" --output_dir "$LOCAL_MODEL"  # tuned defaults
   echo "Training took $((SECONDS - start)) s." >&2
   if [ "$dry_run" = 0 ]; then
     echo
-    echo "Outputs: $LOCAL_OUTPUT (TFRecords, vocabularies, metadata.json), $LOCAL_MODEL (factors, batch_pred.txt, export/)"
+    echo "Outputs: $LOCAL_OUTPUT (TFRecords, vocabularies, metadata.json), $LOCAL_MODEL (factors, batch_pred.txt, metrics.json, export/)"
+    if [ -f "$LOCAL_MODEL/metrics.json" ]; then
+      "$PY" -c 'import json, sys; m = json.load(open(sys.argv[1]))["metrics"]; print("Held-out metrics: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))' "$LOCAL_MODEL/metrics.json"
+    fi
     echo "Recommendations for the first 5 users (visitorId<TAB>contentIds, best first):"
     head -n 5 "$LOCAL_MODEL/batch_pred.txt"
   fi

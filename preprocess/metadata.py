@@ -80,9 +80,15 @@ def build_metadata(result, options: PreprocessOptions) -> dict:
     median: Optional[float] = json.loads(median_text)["median_duration"]
     user_vocab = vocabulary_path(transform.USER_VOCABULARY)
     item_vocab = vocabulary_path(transform.ITEM_VOCABULARY)
+    nusers = count_lines(FileSystems.join(out, user_vocab))
+    if values.get("user_records", 0) != nusers:  # the no-shuffle write of records.py relies on it
+        raise RuntimeError(
+            f"{values.get('user_records', 0)} items_for_user records for {nusers} users: a user's "
+            "interactions were split across record batches."
+        )
     return {
         "format_version": FORMAT_VERSION,
-        "nusers": count_lines(FileSystems.join(out, user_vocab)),
+        "nusers": nusers,
         "nitems": count_lines(FileSystems.join(out, item_vocab)),
         "ninteractions": ninteractions,
         "median_duration": median,

@@ -68,14 +68,28 @@ def scale_rating(duration: float, median: float, scale: float = 0.3, cap: float 
     return min(scale * duration / median, cap)
 
 
+class ExactMedianOfGroupsFn(ExactMedianFn):
+    """``ExactMedianFn`` whose inputs are groups of numbers (one visitor's durations): one
+    element per visitor instead of one per interaction through the combine."""
+
+    def add_input(self, accumulator: Counter, values: Iterable[float]) -> Counter:
+        accumulator.update(values)
+        return accumulator
+
+    def add_inputs(self, accumulator: Counter, groups: Iterable[Iterable[float]]) -> Counter:
+        for values in groups:
+            accumulator.update(values)
+        return accumulator
+
+
 class MedianDuration(beam.PTransform):
     """Per-visitor interactions -> a one-element PCollection: the median duration (or None)."""
 
     def expand(self, visitor_interactions):
         return (
             visitor_interactions
-            | "Durations" >> beam.FlatMap(lambda kv: [duration for _, duration in kv[1]])
-            | "ExactMedian" >> beam.CombineGlobally(ExactMedianFn())
+            | "Durations" >> beam.Map(lambda kv: tuple(duration for _, duration in kv[1]))
+            | "ExactMedian" >> beam.CombineGlobally(ExactMedianOfGroupsFn())
         )
 
 

@@ -26,11 +26,12 @@ BY_USER, BY_ITEM, TEST_BY_USER = "by_user", "by_item", "test_by_user"
 
 
 def partial_rows(keys: np.ndarray, indices: np.ndarray, values: np.ndarray) -> Iterable[tuple]:
-    """Groups one batch by ``keys``: yields ``(key, (indices bytes, values bytes))``.
+    """Groups one batch by ``keys``: yields ``(key, (indices bytes, values bytes))`` with the
+    indices of each partial row sorted.
 
     Raw int64/float32 bytes: Beam encodes ``bytes`` natively, NumPy arrays only by pickling.
     """
-    order = np.argsort(keys, kind="stable")
+    order = np.lexsort((indices, keys))
     keys, indices, values = keys[order], indices[order], values[order]
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     ends = np.r_[starts[1:], len(keys)]
@@ -65,27 +66,39 @@ class SplitBatchByRowFn(beam.DoFn):
 
 
 def encode_example(key: int, parts: Iterable[tuple]) -> bytes:
-    """Serialized ``tf.train.Example`` for one row (or column) from its partial rows."""
+    """Serialized ``tf.train.Example`` for one row (or column) from its partial rows.
+
+    Filled through the message's mutable fields: about 4x faster than nesting constructors.
+    """
     parts = list(parts)
-    indices = np.frombuffer(b"".join(i for i, _ in parts), dtype=np.int64)
-    values = np.frombuffer(b"".join(v for _, v in parts), dtype=np.float32)
-    order = np.argsort(indices, kind="stable")
-    feature = {
-        contract.KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[key])),
-        contract.INDICES: tf.train.Feature(int64_list=tf.train.Int64List(value=indices[order].tolist())),
-        contract.VALUES: tf.train.Feature(float_list=tf.train.FloatList(value=values[order].tolist())),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    if len(parts) == 1:  # the common case: the whole row came from one batch, already sorted
+        indices = np.frombuffer(parts[0][0], dtype=np.int64)
+        values = np.frombuffer(parts[0][1], dtype=np.float32)
+    else:
+        indices = np.frombuffer(b"".join(i for i, _ in parts), dtype=np.int64)
+        values = np.frombuffer(b"".join(v for _, v in parts), dtype=np.float32)
+        order = np.argsort(indices, kind="stable")
+        indices, values = indices[order], values[order]
+    example = tf.train.Example()
+    feature = example.features.feature
+    feature[contract.KEY].int64_list.value.append(key)
+    feature[contract.INDICES].int64_list.value.extend(indices.tolist())
+    feature[contract.VALUES].float_list.value.extend(values.tolist())
+    return example.SerializeToString()
 
 
 class WriteGroupedRecords(beam.PTransform):
     """Partial rows ``(key, (indices, values))`` -> TFRecord shards ``prefix-SSSSS-of-NNNNN.tfrecord``."""
 
-    def __init__(self, prefix: str, num_shards: int = 0, rows_counter: str = "") -> None:
+    def __init__(
+        self, prefix: str, num_shards: int = 0, rows_counter: str = "", complete_rows: bool = False
+    ) -> None:
         super().__init__()
         self.prefix = prefix
         self.num_shards = num_shards
         self.rows_counter = rows_counter  # counts the records written, when named
+        # True when every key arrives in one partial row already: no shuffle needed.
+        self.complete_rows = complete_rows
 
     def expand(self, partial):
         rows = counters.counter(self.rows_counter) if self.rows_counter else None
@@ -95,9 +108,12 @@ class WriteGroupedRecords(beam.PTransform):
                 rows.inc()
             return encode_example(key, parts)
 
+        if self.complete_rows:
+            grouped = partial | "OnePartPerKey" >> beam.MapTuple(lambda key, part: (key, (part,)))
+        else:
+            grouped = partial | "GroupByKey" >> beam.GroupByKey()
         return (
-            partial
-            | "GroupByKey" >> beam.GroupByKey()
+            grouped
             | "ToExample" >> beam.MapTuple(to_example)
             | "WriteTFRecords"
             >> beam.io.WriteToTFRecord(
@@ -120,15 +136,19 @@ class WriteInteractionRecords(beam.PTransform):
         rows = dense_batches | "SplitByRow" >> beam.ParDo(SplitBatchByRowFn()).with_outputs(
             BY_ITEM, TEST_BY_USER, main=BY_USER
         )
+        # A visitor's interactions travel in one record batch (ApplyVocabularies batches whole
+        # visitors, tf.Transform maps batches 1:1), so the partial rows by user are whole rows
+        # and need no GroupByKey. metadata.build_metadata checks it: user_records == nusers.
         if self.write_test:
             _ = rows[TEST_BY_USER] | "TestItemsForUser" >> WriteGroupedRecords(
                 FileSystems.join(self.output_dir, contract.TEST_ITEMS_FOR_USER), self.num_shards,
-                rows_counter="test_users",
+                rows_counter="test_users", complete_rows=True,
             )
         by_item = rows[BY_ITEM] | "UsersForItem" >> WriteGroupedRecords(
             FileSystems.join(self.output_dir, contract.USERS_FOR_ITEM), self.num_shards
         )
         by_user = rows[BY_USER] | "ItemsForUser" >> WriteGroupedRecords(
-            FileSystems.join(self.output_dir, contract.ITEMS_FOR_USER), self.num_shards
+            FileSystems.join(self.output_dir, contract.ITEMS_FOR_USER), self.num_shards,
+            rows_counter="user_records", complete_rows=True,
         )
         return by_item, by_user

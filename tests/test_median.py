@@ -72,3 +72,17 @@ def test_rating_formula_is_unrounded_and_capped():
     assert scale_rating(1000.0, 3000.0) == pytest.approx(0.1, abs=1e-15)
     assert scale_rating(10_000.0, 3000.0) == 1.0
     assert scale_rating(1234.0, 4321.0, scale=0.5, cap=2.0) == 0.5 * 1234.0 / 4321.0
+
+
+def test_grouped_inputs_give_the_same_median():
+    from preprocess.rating import ExactMedianOfGroupsFn
+
+    rng = np.random.default_rng(11)
+    groups = [tuple(rng.integers(1, 50, int(rng.integers(1, 6))).tolist()) for _ in range(301)]
+    fn = ExactMedianOfGroupsFn()
+    first = fn.add_inputs(fn.create_accumulator(), groups[:100])
+    second = fn.create_accumulator()
+    for group in groups[100:]:
+        second = fn.add_input(second, group)
+    median = fn.extract_output(fn.merge_accumulators([first, second]))
+    assert median == float(np.median(np.concatenate(groups)))
