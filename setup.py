@@ -20,6 +20,8 @@ PIPELINE_REQUIRES = [
 ]
 TRAINER_REQUIRES = ["numpy>=1.26,<3"]  # plus TensorFlow, which the training image provides
 TEST_REQUIRES = ["pytest==8.*", "pandas>=2.2", "duckdb==2.0.0"]
+# benchmarks/: the peer library, plots, memory polling (pip install -e ".[test,bench]").
+BENCH_REQUIRES = ["implicit==0.7.3", "scipy>=1.11", "matplotlib==3.11.2", "psutil==7.2.2"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The trainer-only sdist has no preprocess/ folder: installing it (on Vertex AI, where the
@@ -39,5 +41,5 @@ setuptools.setup(
     package_data={"schemas": ["*.sql", "*.md", "*.json"]},
     include_package_data=True,
     install_requires=TRAINER_REQUIRES if trainer_only else PIPELINE_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "bench": BENCH_REQUIRES},
 )

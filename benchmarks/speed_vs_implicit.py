@@ -1,0 +1,558 @@
+r"""Seconds per WALS sweep: this project's ``WALSModel`` against ``implicit``'s
+``AlternatingLeastSquares`` on the same matrix, same objective, same threads, float32.
+
+    .venv/bin/python -m benchmarks.speed_vs_implicit [--scale 1.0] [--ks 32 64 128] [--repeats 3]
+        [--cholesky_repeats 1] [--threads 2]
+    .venv/bin/python -m benchmarks.speed_vs_implicit --scale 0.05      # smoke run, < 1 min
+
+The matrix is :func:`benchmarks.synthetic.movielens_20m_like` (138,493 × 26,744, 8.63 M
+ratings ``r ∈ {0.5, …, 5}`` at ``--scale 1``; users and items × ``scale`` otherwise).
+
+The same objective on both sides (Hu, Koren & Volinsky)
+------------------------------------------------------
+::
+
+    L(U, V) = Σ_{i,j} W_ij (A_ij − u_i·v_j)² + λ (‖U‖² + ‖V‖²)
+    W_ij = 1 + α r_ij,  A_ij = 1   on observed cells;     W_ij = 1,  A_ij = 0   elsewhere
+
+Ours: ``WALSModel(weighting=Weighting(objective="implicit", alpha=α, confidence="linear"))``
+on the ratings. ``implicit`` uses the stored value ``c`` of a cell as the weight itself (its
+solvers add ``(c − 1) y yᵀ`` to ``YᵀY + λI`` and ``c y`` to the right-hand side), so it gets
+the same matrix with values ``1 + α r`` and ``alpha=1``. Both regularize with plain ``λ I``.
+Solvers compared pairwise: our ``cg`` with 3 steps against ``use_cg=True`` (implicit's
+default, 3 CG steps; both warm-start from the previous factors), and our exact ``cholesky``
+(batched Cholesky / Woodbury solves) against ``use_cg=False`` (a per-row ``posv``). A
+``check`` run at a small scale starts both from the same factors and reports how far apart
+one sweep leaves them (it is in the JSON), so "same objective" is tested, not assumed.
+
+What is timed
+-------------
+A *sweep* (our term) = an *iteration* (implicit's) = all user rows solved, then all item rows.
+
+* Ours: ``model.history[s]["seconds"]``, which ``WALSModel.fit`` measures from the start of the
+  user half-sweep to the item factors being ready (``v.numpy()``). It excludes building the
+  batch plans (setup) and the loss that ``fit`` computes after every sweep for its log; that
+  loss (plus copying the factors to NumPy) is reported separately as ``loss_seconds``: wall
+  time between consecutive callbacks minus the sweep's seconds.
+* ``implicit``: ``fit(callback=...)`` with ``iterations = repeats`` and
+  ``calculate_training_loss=False``; its callback receives the seconds of each iteration,
+  measured around exactly its two solver calls (after its one-off setup: CSR checks, the
+  transpose, random factors). So both numbers cover the same work: two half-sweeps from
+  Gramian to finished factors.
+* Our first sweep includes tracing the ``tf.function``\ s (once per process and dtype; it is
+  in the JSON as ``sweep_seconds[0]``), so ours runs ``1 + repeats`` sweeps and the first is
+  not counted; implicit has no such one-off cost in an iteration (its first iteration takes
+  as long as the later ones), so it runs ``repeats`` iterations, all counted. The figure is
+  the median of the ``repeats`` timed sweeps: ``--repeats`` (default 3) for the CG pair and
+  ``--cholesky_repeats`` (default 1, because implicit's exact solver takes minutes per
+  iteration at k = 128 on 2 cores) for the exact pair.
+* Each library runs in its own persistent subprocess (one import each; requests alternate
+  ours / implicit for every (solver, k), so both see the same machine state as far as a
+  shared machine allows). Peak RSS per run is the kernel's ``VmHWM`` after resetting it
+  (``/proc/self/clear_refs``) at the start of the run, i.e. the process's largest resident
+  size during that fit, everything the process holds included (the interpreter, TensorFlow
+  or implicit, the matrix); ``rss_before_fit`` is the resident size at the reset.
+* Threads: ``implicit`` gets ``num_threads=--threads`` and one BLAS thread
+  (``OPENBLAS_NUM_THREADS=1``, as implicit recommends: its own OpenMP loop is the
+  parallelism); TensorFlow gets ``--threads`` intra-op and inter-op threads.
+
+Ratios are ``ours / implicit`` of the medians of the same run (same matrix, same machine state
+as far as a shared machine allows: the load average before and after every subprocess is
+recorded, because other jobs on the machine make single numbers noisy).
+
+Results: ``benchmarks/results/speed_vs_implicit.json`` (machine, versions, command, every raw
+sweep time, medians, ratios, peak RSS) and ``speed_vs_implicit.png`` (s/sweep vs k); with
+``--scale`` other than 1 the file names get a ``_scale<scale>`` suffix.
+
+``--device gpu`` runs ours on TensorFlow's GPU and implicit's ``implicit.gpu.als`` (when the
+installed implicit has CUDA support); it has not been run yet (no GPU was available).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from benchmarks.synthetic import describe, movielens_20m_like  # noqa: E402
+from trainer.sparse import CSR  # noqa: E402
+
+RESULTS = os.path.join(REPO, "benchmarks", "results")
+
+
+# --------------------------------------------------------------------------- matrix file
+def save_matrix(m: CSR, path: str) -> None:
+    np.savez(path, indptr=m.indptr, indices=m.indices, values=m.values, shape=np.array(m.shape))
+
+
+def load_matrix(path: str) -> CSR:
+    z = np.load(path)
+    return CSR(z["indptr"], z["indices"], z["values"], tuple(int(s) for s in z["shape"]))
+
+
+def implicit_csr(m: CSR, alpha: float) -> Any:
+    """The scipy CSR implicit fits: the same cells with values ``W = 1 + α r`` (float32)."""
+    import scipy.sparse
+
+    data = (1.0 + alpha * m.values.astype(np.float64)).astype(np.float32)
+    return scipy.sparse.csr_matrix((data, m.indices, m.indptr), shape=m.shape)
+
+
+# --------------------------------------------------------------------------- machine
+def machine() -> dict:
+    """CPU model and cores from /proc/cpuinfo, memory, load average."""
+    info: dict[str, Any] = {"platform": platform.platform(), "os_cpu_count": os.cpu_count()}
+    try:
+        info["cpus_usable"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+        names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+        info["cpu_model"] = names[0] if names else None
+        info["logical_cpus_in_cpuinfo"] = len(names)
+        flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+        info["simd"] = [f for f in ("avx", "avx2", "fma", "avx512f") if f in flags]
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            total = next(ln for ln in f if ln.startswith("MemTotal"))
+        info["mem_total_gib"] = round(int(total.split()[1]) / 2**20, 1)
+    except (OSError, StopIteration):
+        pass
+    info["load_average"] = os.getloadavg()
+    return info
+
+
+# --------------------------------------------------------------------------- workers
+def _env(lib: str, threads: int, device: str) -> dict:
+    env = dict(os.environ)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    if lib == "implicit":
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        env["MKL_NUM_THREADS"] = "1"
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for ln in f:
+                if ln.startswith(field + ":"):
+                    return int(ln.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Frees what glibc holds on to, then resets the kernel's peak-RSS mark (``VmHWM``) to
+    the current RSS (Linux ≥ 4.0: write 5 to ``/proc/self/clear_refs``)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class _Memory:
+    """RSS at the start of a measurement and its peak until :meth:`done`."""
+
+    def __init__(self) -> None:
+        self.resettable = _reset_peak_rss()
+        self.rss_before = (_status_kib("VmRSS") or 0) * 1024
+
+    def done(self) -> dict:
+        peak = _status_kib("VmHWM") if self.resettable else None
+        return {
+            "rss_before_fit": self.rss_before,
+            # VmHWM since the reset; without it, the process's lifetime peak (ru_maxrss)
+            "peak_rss": peak * 1024 if peak is not None else
+            int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+            "peak_rss_is_per_run": peak is not None,
+        }
+
+
+_MATRICES: dict[str, CSR] = {}
+
+
+def _matrix(path: str) -> CSR:
+    if path not in _MATRICES:
+        _MATRICES.clear()
+        _MATRICES[path] = load_matrix(path)
+    return _MATRICES[path]
+
+
+def run_ours(spec: dict) -> dict:
+    """One ``WALSModel.fit`` of ``1 + repeats`` sweeps; per-sweep seconds from its history."""
+    from trainer.wals import WALSModel, default_device
+    from trainer.weights import Weighting
+
+    m = _matrix(spec["matrix"])
+    model = WALSModel(
+        factors=spec["k"], regularization=spec["regularization"],
+        weighting=Weighting(objective="implicit", alpha=spec["alpha"], confidence="linear"),
+        solver=spec["solver"], cg_steps=3, random_state=0,
+    )
+    mem = _Memory()
+    marks: list[float] = []
+    t0 = time.perf_counter()
+    cpu: list[float] = []
+    c0 = time.process_time()
+
+    def on_sweep(state: Any) -> None:
+        marks.append(time.perf_counter())
+        cpu.append(time.process_time())
+
+    model.fit(m, epochs=1 + spec["repeats"], callback=on_sweep)
+    wall = time.perf_counter() - t0
+    sweeps = [float(h["seconds"]) for h in model.history]
+    return {
+        "sweep_seconds": sweeps,
+        "timed_sweeps": sweeps[1:],
+        "cpu_seconds_between_callbacks": np.diff([c0, *cpu]).tolist(),
+        "loss_seconds": [marks[i] - marks[i - 1] - sweeps[i] for i in range(1, len(marks))],
+        "setup_and_first_loss_seconds": marks[0] - t0 - sweeps[0],
+        "fit_wall_seconds": wall,
+        **mem.done(),
+        "device": default_device(),
+        "final_loss": float(model.history[-1]["loss"]),
+    }
+
+
+def run_implicit(spec: dict) -> dict:
+    """One ``implicit`` fit of ``repeats`` iterations; per-iteration seconds from its
+    callback."""
+    kw = dict(
+        factors=spec["k"], regularization=spec["regularization"], alpha=1.0,
+        dtype=np.float32, use_cg=spec["solver"] == "cg", iterations=spec["repeats"],
+        calculate_training_loss=False, random_state=0,
+    )
+    if spec["device"] == "gpu":
+        import implicit.gpu
+        import implicit.gpu.als
+
+        if not implicit.gpu.HAS_CUDA:
+            return {"skipped": "the installed implicit has no CUDA support"}
+        kw.pop("dtype")
+        model = implicit.gpu.als.AlternatingLeastSquares(**kw)
+        device = "implicit.gpu"
+    else:
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        model = AlternatingLeastSquares(num_threads=spec["threads"], **kw)
+        device = "cpu"
+    cui = implicit_csr(_matrix(spec["matrix"]), spec["alpha"])
+    mem = _Memory()
+    times: list[float] = []
+    cpu: list[float] = []
+    t0, c0 = time.perf_counter(), time.process_time()
+
+    def on_iteration(it: int, elapsed: float, loss: Any) -> None:
+        times.append(float(elapsed))
+        cpu.append(time.process_time())
+
+    model.fit(cui, show_progress=False, callback=on_iteration)
+    wall = time.perf_counter() - t0
+    return {
+        "sweep_seconds": times,
+        "timed_sweeps": times,
+        "cpu_seconds_between_callbacks": np.diff([c0, *cpu]).tolist(),
+        "fit_wall_seconds": wall,
+        "setup_seconds": wall - sum(times),
+        **mem.done(),
+        "device": device,
+    }
+
+
+def run_check(spec: dict) -> dict:
+    """Both libraries, one sweep from the same initial factors (ours: ``initial_factors``),
+    on ``spec["matrix"]``: max |difference| of the factors, relative to their largest entry."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    from trainer.wals import WALSModel
+    from trainer.weights import Weighting
+
+    m = _matrix(spec["matrix"])
+    out = {}
+    for solver in ("cg", "cholesky"):
+        ours = WALSModel(
+            factors=spec["k"], regularization=spec["regularization"],
+            weighting=Weighting(objective="implicit", alpha=spec["alpha"]),
+            solver=solver, random_state=0,
+        )
+        u0, v0 = ours.initial_factors(*m.shape)
+        ours.fit(m, epochs=1)
+        theirs = AlternatingLeastSquares(
+            factors=spec["k"], regularization=spec["regularization"], alpha=1.0,
+            dtype=np.float32, use_cg=solver == "cg", iterations=1, num_threads=spec["threads"],
+        )
+        theirs.user_factors, theirs.item_factors = u0.copy(), v0.copy()
+        theirs.fit(implicit_csr(m, spec["alpha"]), show_progress=False)
+        out[solver] = {
+            "user_factors_max_rel_diff": float(
+                np.abs(ours.user_factors - theirs.user_factors).max()
+                / np.abs(theirs.user_factors).max()
+            ),
+            "item_factors_max_rel_diff": float(
+                np.abs(ours.item_factors - theirs.item_factors).max()
+                / np.abs(theirs.item_factors).max()
+            ),
+        }
+    return out
+
+
+def serve(lib: str, threads: int) -> None:
+    """Worker loop: a ``ready`` line (versions, import seconds), then one JSON result line per
+    JSON request line on stdin, until stdin closes."""
+    t = time.perf_counter()
+    info: dict[str, Any] = {"numpy": np.__version__, "python": platform.python_version()}
+    if lib == "ours":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        import trainer.wals  # noqa: F401
+
+        info["tensorflow"] = tf.__version__
+    else:
+        import implicit
+        import implicit.cpu.als  # noqa: F401
+        import scipy
+
+        info["implicit"] = implicit.__version__
+        info["scipy"] = scipy.__version__
+    info["import_seconds"] = time.perf_counter() - t
+    print(json.dumps({"ready": info}), flush=True)
+    handlers = {"ours": run_ours, "implicit": run_implicit, "check": run_check}
+    for line in sys.stdin:
+        req = json.loads(line)
+        print(json.dumps(handlers[req.pop("run")](req)), flush=True)
+
+
+class Worker:
+    """A persistent ``serve`` subprocess for one library (imports once, keeps its own RSS)."""
+
+    def __init__(self, lib: str, threads: int, device: str, log_path: str) -> None:
+        self.lib = lib
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.speed_vs_implicit", "--serve", lib, str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=REPO,
+            env=_env(lib, threads, device),
+        )
+        self.info = self._read()["ready"]
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.log.flush()
+            with open(self.log.name) as f:
+                raise RuntimeError(f"{self.lib} worker died:\n{f.read()[-4000:]}")
+        return json.loads(line)
+
+    def run(self, run: str, spec: dict) -> dict:
+        before = os.getloadavg()[0]
+        t = time.perf_counter()
+        self.proc.stdin.write(json.dumps({"run": run, **spec}) + "\n")
+        self.proc.stdin.flush()
+        res = self._read()
+        res["request_wall_seconds"] = time.perf_counter() - t
+        res["load_average_before"] = before
+        res["load_average_after"] = os.getloadavg()[0]
+        return res
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+# --------------------------------------------------------------------------- plot
+def plot(results: list[dict], ks: list[int], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    style = {("ours", "cg"): ("tab:blue", "-o"), ("implicit", "cg"): ("tab:orange", "-o"),
+             ("ours", "cholesky"): ("tab:blue", "--s"), ("implicit", "cholesky"): ("tab:orange", "--s")}
+    for (lib, solver), (color, fmt) in style.items():
+        pts = [(r["k"], r["median_seconds_per_sweep"]) for r in results
+               if r["lib"] == lib and r["solver"] == solver and "median_seconds_per_sweep" in r]
+        if not pts:
+            continue
+        label = f"{'WALSModel (TF)' if lib == 'ours' else 'implicit'} {solver}" + (
+            " (3 steps)" if solver == "cg" else " (exact)")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], fmt, color=color, label=label)
+    ax.set_xlabel("k (factors)")
+    ax.set_ylabel("seconds per sweep (median)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve"]:
+        serve(argv[1], int(argv[2]))
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--ks", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--repeats", type=int, default=3, help="timed sweeps per CG run")
+    p.add_argument("--cholesky_repeats", type=int, default=1,
+                   help="timed sweeps per exact-solver run (implicit's takes minutes at k = 128)")
+    p.add_argument("--solvers", nargs="+", choices=["cg", "cholesky"], default=["cg", "cholesky"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--regularization", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--check_scale", type=float, default=0.01,
+                   help="scale of the same-start agreement check (0: skip)")
+    p.add_argument("--out", default=None, help="results JSON (default under benchmarks/results/)")
+    p.add_argument("--plot", default=None, help="plot PNG (default beside the JSON)")
+    args = p.parse_args(argv)
+    if args.repeats < 1 or args.cholesky_repeats < 1:
+        p.error("--repeats and --cholesky_repeats must be >= 1")
+    suffix = "" if args.scale == 1.0 else f"_scale{args.scale:g}"
+    suffix += "" if args.device == "cpu" else f"_{args.device}"
+    out = args.out or os.path.join(RESULTS, f"speed_vs_implicit{suffix}.json")
+    png = args.plot or os.path.splitext(out)[0] + ".png"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+
+    t_start = time.perf_counter()
+    report: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "-m",
+                                                     "benchmarks.speed_vs_implicit", *argv]),
+        "args": vars(args),
+        "machine": machine(),
+    }
+    print(f"machine: {report['machine']}", flush=True)
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        # both workers start (and import) before any timing; they run one request at a time
+        workers = {lib: Worker(lib, args.threads, args.device, os.path.join(tmp, f"{lib}.log"))
+                   for lib in ("ours", "implicit")}
+        try:
+            report["versions"] = {lib: w.info for lib, w in workers.items()}
+            print(f"versions: {report['versions']}", flush=True)
+            t = time.perf_counter()
+            m = movielens_20m_like(args.seed, args.scale)
+            report["matrix"] = {
+                "generator": f"movielens_20m_like(seed={args.seed}, scale={args.scale})",
+                "generate_seconds": time.perf_counter() - t, **describe(m),
+            }
+            print(f"matrix: {report['matrix']}", flush=True)
+            path = os.path.join(tmp, "matrix.npz")
+            save_matrix(m, path)
+            del m
+            common = {"matrix": path, "threads": args.threads, "alpha": args.alpha,
+                      "regularization": args.regularization, "device": args.device}
+            for k in args.ks:
+                for solver in args.solvers:
+                    for lib in ("ours", "implicit"):  # the pair back to back
+                        reps = args.repeats if solver == "cg" else args.cholesky_repeats
+                        spec = {**common, "k": k, "solver": solver, "repeats": reps}
+                        r = {"lib": lib, "solver": solver, "k": k, **workers[lib].run(lib, spec)}
+                        if "timed_sweeps" in r:
+                            r["median_seconds_per_sweep"] = statistics.median(r["timed_sweeps"])
+                            if r.get("loss_seconds"):
+                                r["median_loss_seconds"] = statistics.median(r["loss_seconds"])
+                        results.append(r)
+                        print(
+                            f"k={k:4d} {solver:8s} {lib:8s}: "
+                            + (f"{r['median_seconds_per_sweep']:8.3f} s/sweep (sweeps "
+                               + ", ".join(f"{s:.3f}" for s in r["sweep_seconds"])
+                               + f"), peak RSS {r['peak_rss'] / 2**30:.2f} GiB"
+                               if "median_seconds_per_sweep" in r else str(r))
+                            + f", load {r['load_average_before']:.1f}->{r['load_average_after']:.1f}",
+                            flush=True,
+                        )
+            if args.check_scale > 0 and args.device == "cpu":  # last: timings stay unaffected
+                cpath = os.path.join(tmp, "check.npz")
+                save_matrix(movielens_20m_like(args.seed, args.check_scale), cpath)
+                report["agreement_check"] = {
+                    "what": "one sweep of each library from the same initial factors, k = 16, "
+                            "max |ours - implicit| / max |implicit| per factor matrix",
+                    "scale": args.check_scale, "k": 16,
+                    **workers["ours"].run("check", {**common, "matrix": cpath, "k": 16, "repeats": 1}),
+                }
+                print(f"agreement: {report['agreement_check']}", flush=True)
+        finally:
+            for w in workers.values():
+                w.close()
+    ratios = []
+    for k in args.ks:
+        for solver in args.solvers:
+            o, i = (next(r for r in results if r["lib"] == lib and r["k"] == k and r["solver"] == solver)
+                    for lib in ("ours", "implicit"))
+            if "median_seconds_per_sweep" in o and "median_seconds_per_sweep" in i:
+                ratios.append({
+                    "k": k, "solver": solver,
+                    "ours_s_per_sweep": o["median_seconds_per_sweep"],
+                    "implicit_s_per_sweep": i["median_seconds_per_sweep"],
+                    "ratio_ours_over_implicit": o["median_seconds_per_sweep"] / i["median_seconds_per_sweep"],
+                    "ours_peak_rss_gib": o["peak_rss"] / 2**30,
+                    "implicit_peak_rss_gib": i["peak_rss"] / 2**30,
+                    "ours_loss_s_per_sweep": o.get("median_loss_seconds"),
+                })
+    report["results"] = results
+    report["ratios"] = ratios
+    report["total_seconds"] = time.perf_counter() - t_start
+    report["machine"]["load_average_end"] = os.getloadavg()
+    with open(out, "w") as f:
+        json.dump(report, f, indent=1)
+    mtx = report["matrix"]
+    plot(results, args.ks, png,
+         f"{mtx['shape'][0]:,} × {mtx['shape'][1]:,}, {mtx['nnz']:,} nnz; {args.threads} threads, "
+         f"float32; median of {args.repeats} (CG) / {args.cholesky_repeats} (exact) sweeps")
+    print("\n  k  solver    ours s/sweep  implicit s/sweep  ours/implicit  peak RSS ours/implicit GiB")
+    for r in ratios:
+        print(f"{r['k']:4d}  {r['solver']:8s}  {r['ours_s_per_sweep']:12.3f}  "
+              f"{r['implicit_s_per_sweep']:16.3f}  {r['ratio_ours_over_implicit']:13.2f}  "
+              f"{r['ours_peak_rss_gib']:.2f} / {r['implicit_peak_rss_gib']:.2f}")
+    print(f"wrote {out} and {png} ({report['total_seconds']:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
