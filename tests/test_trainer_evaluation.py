@@ -341,7 +341,7 @@ def test_test_counts_must_match_split_block(tmp_path, caplog):
 
 
 # --------------------------------------------------------------------------- the trainer
-FAST = ["--n_embeds", "4", "--regularization", "0.3", "--unobserved_weight", "0.05",
+FAST = ["--n_embeds", "4", "--objective", "wals", "--regularization", "0.3", "--unobserved_weight", "0.05",
         "--no_export", "--no_batch_pred", "--no_progress", "--batch_size", "32"]
 
 

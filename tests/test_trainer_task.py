@@ -27,7 +27,7 @@ from trainer.recommend import read_batch_predictions
 NUSERS, NITEMS = 40, 23
 W0, LAM, K = 0.05, 0.3, 6
 FLAGS = [
-    "--num_epochs", "4", "--n_embeds", str(K), "--unobserved_weight", str(W0),
+    "--num_epochs", "4", "--n_embeds", str(K), "--objective", "wals", "--unobserved_weight", str(W0),
     "--regularization", str(LAM), "--topk", "5", "--batch_size", "16", "--no_progress",
 ]
 

@@ -56,14 +56,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     io.add_argument("--tensorboard_dir", default=None, help="TensorBoard log dir (default: $AIP_TENSORBOARD_LOG_DIR or OUTPUT_DIR/tensorboard)")
 
     m = p.add_argument_group("model")
-    m.add_argument("--num_epochs", type=int, default=10, help="sweeps (each: all rows, then all columns)")
-    m.add_argument("--n_embeds", type=int, default=10, help="latent dimension k")
-    m.add_argument("--regularization", type=float, default=0.07, help="λ (> 0)")
+    m.add_argument("--num_epochs", type=int, default=5, help="sweeps (each: all rows, then all columns)")
+    m.add_argument("--n_embeds", type=int, default=32, help="latent dimension k")
+    m.add_argument("--regularization", type=float, default=10.0, help="λ (> 0)")
     m.add_argument("--unobserved_weight", type=float, default=0.01, help="w0, weight of every unobserved cell (objective wals)")
-    m.add_argument("--objective", choices=["wals", "implicit"], default="wals",
+    m.add_argument("--objective", choices=["wals", "implicit"], default="implicit",
                    help="wals: W = w0 + row_w*col_w on observed cells, target = rating; "
                    "implicit: confidence W = 1 + alpha*f(r), target 1, unobserved weight 1")
-    m.add_argument("--alpha", type=float, default=1.0, help="implicit: confidence scale α")
+    m.add_argument("--alpha", type=float, default=10.0, help="implicit: confidence scale α")
     m.add_argument("--confidence", choices=["linear", "log"], default="linear", help="implicit: f(r) = r or log(1 + r/epsilon)")
     m.add_argument("--epsilon", type=float, default=1.0, help="implicit, log confidence: ε")
     m.add_argument("--col_weights", choices=["uniform", "inverse_linear", "inverse_power"], default="uniform",
