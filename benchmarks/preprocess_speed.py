@@ -24,7 +24,8 @@ per-transform execution msecs Beam's state sampler records), the peer's own stag
 
 Both outputs are compared (users, items, interactions, median; exit status 1 on a mismatch).
 Medians over the repeats and the ratio pipeline / pandas go to ``--results_dir``:
-``preprocess_speed.json`` (machine, versions, git state, raw runs) and ``preprocess_speed.png``.
+``preprocess_speed.json`` (machine, versions, git state, raw runs), ``preprocess_speed.png`` and
+``preprocess_speed.md`` (the tables).
 ``--profile`` runs the pipeline once more under cProfile (scale = the first of ``--scales``)
 and writes ``preprocess_profile.txt``: phases, time per pipeline stage, top functions.
 """
@@ -275,7 +276,9 @@ def ensure_input(scale: int, data_dir: str, base_visitors: int = BASE_VISITORS) 
         print(f"  {time.perf_counter() - t:.0f} s", flush=True)
     with open(path, "rb") as handle:
         sessions = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 24), b""))
-    return {"scale": scale, "path": os.path.relpath(path, REPO), "visitors": visitors,
+    inside = os.path.abspath(path).startswith(REPO + os.sep)
+    return {"scale": scale, "path": os.path.relpath(path, REPO) if inside else os.path.abspath(path),
+            "visitors": visitors,
             "sessions": sessions, "bytes": os.path.getsize(path)}
 
 
@@ -562,8 +565,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         machine_text = f"{result['machine']['cpu_model']}, {result['machine']['cpus_usable']} cores"
         plot(result["summary"], os.path.join(args.results_dir, "preprocess_speed.png"),
              f"GA360 JSON → ratings + TFRecords, medians of {args.repeats} runs ({machine_text}; shared machine)")
+        with open(os.path.join(args.results_dir, "preprocess_speed.md"), "w") as handle:
+            handle.write(render_markdown(result))
         print_summary(result["summary"])
-        print(f"wrote {json_path} and preprocess_speed.png", flush=True)
+        print(f"wrote {json_path}, preprocess_speed.png and preprocess_speed.md", flush=True)
     if args.profile:
         info = inputs[0]
         pstats_path = os.path.join(work_dir, f"pipeline-x{info['scale']}.pstats")
@@ -573,6 +578,63 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_profile_text(report, pstats_path, text_path, args.profile_top)
         print(f"wrote {text_path}", flush=True)
     return 0
+
+
+def render_markdown(result: dict) -> str:
+    """The summary as a Markdown table plus the pipeline's time by stage (medians)."""
+    m = result["machine"]
+    lines = [
+        f"Measured {result['started'][:10]} on {m['cpu_model']} ({m['cpus_usable']} cores, "
+        f"{m['memory_gib']} GiB), shared with other jobs (1-min load average before the runs: "
+        f"{min(r['load_before'][0] for r in result['runs']):.1f}–{max(r['load_before'][0] for r in result['runs']):.1f}).",
+        "",
+        "| input | implementation | wall s (median, min–max) | CPU s | interactions/s (wall) "
+        "| peak RSS MiB | pipeline / pandas (wall, CPU, RSS) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    inputs = {i["scale"]: i for i in result["inputs"]}
+    for row in result["summary"]:
+        info = inputs[row["scale"]]
+        for kind, label in ((PIPELINE, "Beam + tf.Transform, FnApiRunner"), (PANDAS, "pandas + NumPy peer")):
+            if kind not in row:
+                continue
+            s = row[kind]
+            ratio = row.get("ratio_pipeline_over_pandas")
+            ratio_text = (f"{ratio['wall_s']:.1f}× / {ratio['cpu_s']:.1f}× / {ratio['peak_rss_mb']:.2f}×"
+                          if ratio and kind == PIPELINE else "")
+            lines.append(
+                f"| ×{row['scale']}: {info['visitors']:,} visitors, {info['sessions']:,} sessions, "
+                f"{info['bytes'] / 2**20:,.0f} MiB → {s['ninteractions']:,} interactions | {label} "
+                f"| {s['wall_s']:.1f} ({s['wall_s_min']:.1f}–{s['wall_s_max']:.1f}) | {s['cpu_s']:.1f} "
+                f"| {s['interactions_per_s']:,.0f} | {s['peak_rss_mb']:,.0f} | {ratio_text} |"
+            )
+    for row in result["summary"]:
+        if PIPELINE not in row:
+            continue
+        s = row[PIPELINE]
+        phases = s["phases_s"]
+        inside = sum(s["stages_s"].values())
+        run_s = phases.get("pipeline_run_s", 0.0)
+        lines += [
+            "",
+            f"Pipeline at ×{row['scale']} (medians, s): imports {phases.get('import_s', 0):.1f}, graph construction "
+            f"{phases.get('build_graph_s', 0):.1f}, Pipeline.run {run_s:.1f} (inside transforms {inside:.1f}, "
+            f"runner/shuffle/setup {run_s - inside:.1f}), whole command {s['wall_s']:.1f}.",
+            "",
+            "| stage | s (median) | share of Pipeline.run |",
+            "| --- | --- | --- |",
+        ]
+        for stage, seconds in s["stages_s"].items():
+            if seconds >= 0.01 * inside:
+                lines.append(f"| {stage} | {seconds:.1f} | {100 * seconds / run_s:.0f}% |")
+    for row in result["summary"]:
+        if PANDAS in row:
+            s = row[PANDAS]
+            stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in
+                               [("imports (pandas, pyarrow)", s["phases_s"].get("import_s", 0.0)),
+                                *s["stages_s"].items()] if seconds >= 0.05)
+            lines += ["", f"pandas peer at ×{row['scale']} (medians, s): {stages}; whole command {s['wall_s']:.1f}."]
+    return "\n".join(lines) + "\n"
 
 
 def print_summary(summary: list[dict]) -> None:
