@@ -3,7 +3,7 @@ r"""Seeded synthetic rating matrices shaped like MovieLens, for benchmarks (NumP
 Two generators return a :class:`trainer.sparse.CSR` (users × items, float32 ratings in
 ``{0.5, 1.0, …, 5.0}``, column indices sorted and unique per row):
 
-* :func:`movielens_20m_like` — 138,493 × 26,744, about 9 M interactions (the size of
+* :func:`movielens_20m_like` — 138,493 × 26,744, 8.63 M interactions (about the size of
   MovieLens-20M's positive ratings), for speed benchmarks;
 * :func:`movielens_100k_like` — 943 × 1,682, exactly 100,000 interactions, with a per-user
   low-rank taste so that recommendation quality is measurable.
@@ -19,8 +19,10 @@ Items have a popularity weight and a latent vector, users an activity and a tast
 
 Each user ``u`` belongs to taste group ``g(u)`` (uniform over ``groups`` groups; with
 ``groups = nusers`` every user has an own taste). A user's items are ``d_u`` distinct draws
-from ``P(· | u)`` (drawn with replacement, duplicates removed, the shortfall drawn again a few
-rounds, surplus dropped at random), so popular items are popular for everyone and the
+from ``P(· | u)`` without replacement (successive sampling: drawn with replacement, repeats
+discarded, the shortfall drawn again for a few rounds, a surplus dropped at random; users still
+short after those rounds — the heaviest ones — get the same law exactly as the ``d_u`` largest
+``log P(j | u) + Gumbel noise``), so popular items are popular for everyone and the
 log-odds ``β z_g·y_j`` add rank-``r`` structure. The rating of an observed pair is::
 
     rating = clip(round_half(3.5 + τ · ζ_{uj} + η_{uj}), 0.5, 5),   η ~ N(0, ν²)
@@ -243,7 +245,7 @@ def scaled(spec: Spec, scale: float) -> Spec:
 
 
 def movielens_20m_like(seed: int = 0, scale: float = 1.0) -> CSR:
-    """138,493 users × 26,744 items, about 9 M ratings (at ``scale = 1``), Zipf-like item
+    """138,493 users × 26,744 items, 8.63 M ratings (seed 0, ``scale = 1``), Zipf-like item
     popularity and log-normal user activity (5 … 6,000 items per user)."""
     return generate(scaled(MOVIELENS_20M, scale), seed)
 

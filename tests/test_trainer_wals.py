@@ -261,3 +261,24 @@ def test_short_row_paths_are_exact_and_no_less_accurate(w0, lam, scale):
             errors[dtype, woodbury] = np.abs(u - want).max() / np.abs(want).max()
     assert errors["float64", True] < 1e-8 and errors["float64", False] < 1e-8, errors
     assert errors["float32", True] <= 2 * errors["float32", False] + 1e-6, errors
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_batches_in_flight_give_identical_factors(solver):
+    """Solving several batches concurrently (the CPU default) gives bit-for-bit the factors of
+    one batch at a time, on every path (tiny batches: many of each kind)."""
+    d = random_ratings(60, 40, 0.3, 11)
+    rng = np.random.default_rng(12)
+    k = 8
+    v0 = tf.constant(rng.standard_normal((40, k)).astype(np.float32))
+    u0 = tf.constant(rng.standard_normal((60, k)).astype(np.float32))
+    model = WALSModel(factors=k, regularization=0.3, solver=solver, batch_size=3,
+                      max_batch_floats=200, weighting=Weighting(unobserved_weight=0.1))
+    user_plan, _ = model.prepare(CSR.from_dense(d))
+    assert len(user_plan.batches) > 10
+    out = [
+        solve_half_sweep(v0, user_plan, 0.1, 0.3, solver, previous=u0, woodbury=True,
+                         batches_in_flight=n).numpy()
+        for n in (1, 2, 4)
+    ]
+    assert np.array_equal(out[0], out[1]) and np.array_equal(out[0], out[2])
