@@ -27,7 +27,9 @@ Both libraries get the identical training matrix ``R`` (``items_for_user`` shard
    vocabularies), fraction 0.2, seed :data:`VALIDATION_SEED` (the test split used seed 0):
    ``R = R_fit + R_val``. At most :data:`VALIDATION_MAX_USERS` validation users are scored (a
    fixed hash-chosen subset; only the bundled sample has more). ``T`` is never used to choose
-   anything.
+   anything, not even to filter: a user's test items stay candidates during validation and
+   count as misses there, which is why validation NDCG@10 is well below test NDCG@10 (by the
+   same mechanism for both libraries).
 2. *Search, same budget.* Each library trains every configuration of its grid (:func:`grids`:
    ``k × λ × α``, the same values and the same number of configurations for both) on ``R_fit``
    for ``S`` sweeps (``--sweeps``, the same for both) and after every sweep computes NDCG@10 on

@@ -57,7 +57,7 @@ A *sweep* (our term) = an *iteration* (implicit's) = all user rows solved, then 
   parallelism); TensorFlow gets ``--threads`` intra-op and inter-op threads.
 
 Ratios are ``ours / implicit`` of the medians of the same run (same matrix, same machine state
-as far as a shared machine allows: the load average before and after every subprocess is
+as far as a shared machine allows: the load average before and after every run is
 recorded, because other jobs on the machine make single numbers noisy).
 
 Results: ``benchmarks/results/speed_vs_implicit.json`` (machine, versions, command, every raw
@@ -138,6 +138,18 @@ def machine() -> dict:
         pass
     info["load_average"] = os.getloadavg()
     return info
+
+
+def code_version() -> dict:
+    """The commit measured and whether trainer/ or benchmarks/ differ from it."""
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], capture_output=True, text=True, cwd=REPO,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"commit": git("rev-parse", "HEAD"),
+            "uncommitted_changes": git("status", "--porcelain", "--", "trainer", "benchmarks").splitlines()}
 
 
 # --------------------------------------------------------------------------- workers
@@ -466,6 +478,7 @@ def main(argv: list[str] | None = None) -> None:
                                                      "benchmarks.speed_vs_implicit", *argv]),
         "args": vars(args),
         "machine": machine(),
+        "code": code_version(),
     }
     print(f"machine: {report['machine']}", flush=True)
     results: list[dict] = []

@@ -282,3 +282,6 @@ def test_batches_in_flight_give_identical_factors(solver):
         for n in (1, 2, 4)
     ]
     assert np.array_equal(out[0], out[1]) and np.array_equal(out[0], out[2])
+    losses = [compute_loss(tf.constant(out[0]), v0, user_plan, 0.1, 0.3, batches_in_flight=n)
+              for n in (1, 3)]
+    assert losses[0] == losses[1]

@@ -364,17 +364,35 @@ def solve_half_sweep(
     return tf.gather(tf.concat(outs, axis=0), plan.inverse)
 
 
-def compute_loss(u: Any, v: Any, plan: SweepPlan, w0: float, regularization: float) -> dict:
+def compute_loss(
+    u: Any, v: Any, plan: SweepPlan, w0: float, regularization: float,
+    batches_in_flight: int | None = None,
+) -> dict:
     """``loss``, ``unregularized_loss``, ``rwse`` and ``sum_weights`` (see module doc), float64.
 
-    ``plan`` must be the users × items plan (rows of ``u``)."""
+    ``plan`` must be the users × items plan (rows of ``u``). The per-batch terms are computed
+    ``batches_in_flight`` at a time (as in :func:`solve_half_sweep`) and summed in batch order,
+    so the result does not depend on it."""
     tf = _tf()
     u64 = tf.cast(u, tf.float64)
     v64 = tf.cast(v, tf.float64)
     kern = _kernels(u.dtype.name, 1)
+    device = u.device
+
+    def term(b: _Batch) -> Any:
+        with tf.device(device):
+            return kern["loss"](u64, v64, b.rows, b.idx, b.extra, b.wa)
+
+    if batches_in_flight is None:
+        batches_in_flight = 1 if "GPU" in device.upper() else CPU_BATCHES_IN_FLIGHT
+    if batches_in_flight <= 1 or len(plan.batches) <= 1:
+        terms = [term(b) for b in plan.batches]
+    else:
+        with ThreadPoolExecutor(max_workers=batches_in_flight) as pool:
+            terms = list(pool.map(term, plan.batches))
     obs = tf.constant(0.0, tf.float64)
-    for b in plan.batches:
-        obs += kern["loss"](u64, v64, b.rows, b.idx, b.extra, b.wa)
+    for t in terms:
+        obs += t
     full = w0 * tf.reduce_sum(
         tf.linalg.matmul(u64, u64, transpose_a=True) * tf.linalg.matmul(v64, v64, transpose_a=True)
     )
