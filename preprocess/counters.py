@@ -11,18 +11,21 @@ NAMESPACE = "preprocess"
 DROPPED_PREFIX = "dropped_"
 
 DROP_REASONS = {
-    "malformed_json": "line is not a JSON object",
+    "invalid_utf8": "line of a text input that is not valid UTF-8",
+    "malformed_json": "line is not a JSON object (or nests deeper than the JSON parser allows)",
+    "malformed_hit": "GA360 hit whose customDimensions/product is not an array of objects, or page not an object",
     "malformed_csv": "CSV row with the wrong number of columns or unreadable quoting",
     "missing_visitor_id": "fullVisitorId / visitorId null or empty",
     "invalid_visitor_id": "visitor ID with a tab, line break or other control character, or not text",
-    "missing_visit_number": "visitNumber null, empty or not a non-negative integer",
+    "missing_visit_number": "visitNumber null, empty or not an integer in [0, 2^63)",
     "missing_hits": "GA session without a hits array",
-    "invalid_time": "hit time null, non-numeric, negative or not finite",
+    "invalid_time": "hit time null, non-numeric, negative, not finite or beyond INT64",
     "invalid_content_id": "content ID with a tab, line break or other control character, or not text",
     "hit_without_item": "hit (of the kept type) with no content ID; it still ends the previous hit's time",
     "other_hit_type": "hit whose hits.type is not --hit_type",
     "invalid_duration": "interactions_csv / query row whose session_duration is not a finite number",
     "nonpositive_duration": "(visitor, item) whose summed time is 0 or less",
+    "duration_overflow": "(visitor, item) whose summed time overflows float64 (infinite)",
     "held_out_unseen_item": "held-out (test) interaction whose item has no training interaction",
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import posixpath
 from typing import Optional
 
@@ -78,6 +79,8 @@ def build_metadata(result, options: PreprocessOptions) -> dict:
         )
     median_text = _read(FileSystems.join(out, graph.STATS_DIR, graph.MEDIAN_FILE)).decode()
     median: Optional[float] = json.loads(median_text)["median_duration"]
+    if median is None or not math.isfinite(median) or median <= 0:  # ratings divide by it
+        raise RuntimeError(f"The median duration is {median}: ratings would not be finite.")
     user_vocab = vocabulary_path(transform.USER_VOCABULARY)
     item_vocab = vocabulary_path(transform.ITEM_VOCABULARY)
     nusers = count_lines(FileSystems.join(out, user_vocab))
@@ -125,7 +128,8 @@ def _describe_input(options: PreprocessOptions) -> dict:
     if o.bq_table or o.query:
         return {"source": "bigquery", "table": o.bq_table, "custom_query": bool(o.query),
                 "item_source": o.item_source, "content_dimension_index": o.content_dimension_index,
-                "hit_type": o.hit_type, "start_date": o.start_date, "end_date": o.end_date}
+                "hit_type": o.hit_type, "start_date": o.start_date, "end_date": o.end_date,
+                "include_intraday": o.include_intraday}
     described = {"source": o.input_format, "pattern": o.input}
     if o.input_format == "ga_json":
         described.update(item_source=o.item_source, content_dimension_index=o.content_dimension_index,
@@ -138,7 +142,8 @@ def _describe_input(options: PreprocessOptions) -> dict:
 def write_metadata(metadata: dict, output_dir: str) -> str:
     path = FileSystems.join(output_dir, contract.METADATA_FILE)
     with FileSystems.create(path) as handle:
-        handle.write(json.dumps(metadata, indent=2, sort_keys=True).encode("utf-8"))
+        # allow_nan=False: a non-finite number must fail here, not reach the trainer.
+        handle.write(json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False).encode("utf-8"))
     return path
 
 

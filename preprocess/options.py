@@ -6,8 +6,12 @@ local runner and on Dataflow, and ``--help`` lists them next to Beam's own.
 from __future__ import annotations
 
 import argparse
+import difflib
+import math
+from typing import Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options import pipeline_options
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 INPUT_FORMATS = ("ga_json", "hits_csv", "interactions_csv")
 ITEM_SOURCES = ("custom_dimension", "page_path", "product_sku")
@@ -36,6 +40,13 @@ class PreprocessOptions(PipelineOptions):
         source.add_argument(
             "--end_date",
             help="With --bq_table on a wildcard table: last _TABLE_SUFFIX to read, YYYYMMDD.",
+        )
+        source.add_argument(
+            "--include_intraday",
+            action="store_true",
+            help="With --bq_table on a wildcard table: also read the ga_sessions_intraday_* "
+            "tables (the current day, still being filled; excluded by default because the day "
+            "is exported again as ga_sessions_YYYYMMDD).",
         )
         source.add_argument(
             "--input",
@@ -117,6 +128,47 @@ class PreprocessOptions(PipelineOptions):
         )
 
 
+def unknown_flags(argv: Sequence[str]) -> list[str]:
+    """The arguments in ``argv`` that neither this job nor any Beam/Dataflow option knows.
+
+    Beam itself only logs "Discarding unparseable args" and runs with the defaults, so a
+    misspelt ``--test_fracton 0.2`` would silently run without a split. This parses ``argv``
+    the way Beam does (every ``PipelineOptions`` subclass, no abbreviations).
+    """
+    parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)  # Beam's own parser class
+    seen: set = set()
+    for cls in PipelineOptions.__subclasses__():
+        if str(cls) not in seen:
+            seen.add(str(cls))
+            cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(list(argv))
+    return unknown
+
+
+def refuse_unknown_flags(argv: Sequence[str]) -> None:
+    """Raises ``ValueError`` naming every unknown flag, with the closest known one."""
+    unknown = unknown_flags(argv)
+    if not unknown:
+        return
+    known = [
+        option
+        for cls in PipelineOptions.__subclasses__()
+        for option in _option_strings(cls)
+    ]
+    hints = []
+    for arg in unknown:
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name, known, n=1) if name.startswith("--") else []
+        hints.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+    raise ValueError(f"Unknown flag(s): {', '.join(hints)}. See --help.")
+
+
+def _option_strings(cls: type) -> list[str]:
+    parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)
+    cls._add_argparse_args(parser)
+    return [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+
+
 def validate(options: PreprocessOptions) -> None:
     """Raises ``ValueError`` with a readable message when the flags do not make a job."""
     o = options
@@ -126,8 +178,8 @@ def validate(options: PreprocessOptions) -> None:
             "Give exactly one input: --bq_table, --query or --input "
             f"(got {', '.join('--' + c for c in chosen) or 'none'})."
         )
-    if (o.start_date or o.end_date) and not o.bq_table:
-        raise ValueError("--start_date/--end_date only apply to --bq_table.")
+    if (o.start_date or o.end_date or o.include_intraday) and not o.bq_table:
+        raise ValueError("--start_date/--end_date/--include_intraday only apply to --bq_table.")
     if bool(o.start_date) != bool(o.end_date):
         raise ValueError("Give both --start_date and --end_date, or neither.")
     for flag in ("start_date", "end_date"):
@@ -140,11 +192,22 @@ def validate(options: PreprocessOptions) -> None:
         raise ValueError("--content_dimension_index must be >= 1.")
     if not o.hit_type or any(c in o.hit_type for c in "'\"\\"):
         raise ValueError(f"--hit_type must be a plain word, got {o.hit_type!r}.")
-    if o.rating_scale <= 0 or o.rating_cap <= 0:
-        raise ValueError("--rating_scale and --rating_cap must be positive.")
+    for flag in ("rating_scale", "rating_cap"):
+        value = getattr(o, flag)
+        if not (math.isfinite(value) and value > 0):  # NaN fails both tests
+            raise ValueError(f"--{flag} must be a positive finite number, got {value}.")
     if not 0.0 <= o.test_fraction < 1.0:
         raise ValueError(f"--test_fraction must be in [0, 1), got {o.test_fraction}.")
     if o.num_shards < 0:
         raise ValueError("--num_shards must be >= 0.")
     if not o.output_dir:
         raise ValueError("--output_dir is required.")
+    if o.bq_table or o.query:
+        # ReadFromBigQuery exports the query result to files under the temp location before
+        # reading them: without a gs:// folder it fails late, after credential retries.
+        temp = o.view_as(GoogleCloudOptions).temp_location or ""
+        if not temp.startswith("gs://"):
+            raise ValueError(
+                "Reading BigQuery (--bq_table/--query) needs --temp_location gs://BUCKET/tmp: "
+                f"BigQuery exports the rows there before they are read (got {temp or 'none'!r})."
+            )

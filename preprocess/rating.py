@@ -10,6 +10,7 @@ by the number of rows (GA durations are integer milliseconds, heavily repeated).
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Iterable, Optional
 
@@ -32,7 +33,10 @@ def histogram_median(histogram: dict) -> Optional[float]:
         if seen > high_rank:
             high = value
             break
-    return (float(low) + float(high)) / 2.0
+    middle = (float(low) + float(high)) / 2.0
+    if middle == math.inf:  # the sum of two values near the float64 maximum overflows
+        middle = float(low) / 2.0 + float(high) / 2.0
+    return middle
 
 
 class ExactMedianFn(beam.CombineFn):

@@ -13,6 +13,7 @@ The output element is ``(visitorId, ((contentId, session_duration), ...))``.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Iterable
 
@@ -38,11 +39,16 @@ def session_item_durations(hits: Iterable[tuple]) -> dict:
     return durations
 
 
-def positive_items(durations: dict, nonpositive_counter) -> tuple:
-    """Sorted ``((item, duration), ...)`` of the items with a positive total; counts the rest."""
-    kept = tuple(sorted((item, d) for item, d in durations.items() if d > 0))
+def positive_items(durations: dict, nonpositive_counter, overflow_counter) -> tuple:
+    """Sorted ``((item, duration), ...)`` of the items with a positive, finite total; counts
+    the rest (a float sum of finite durations can still overflow to infinity)."""
+    kept = tuple(sorted((item, d) for item, d in durations.items() if 0 < d < math.inf))
     if len(kept) < len(durations):
-        nonpositive_counter.inc(len(durations) - len(kept))
+        overflow = sum(1 for d in durations.values() if d == math.inf)
+        if overflow:
+            overflow_counter.inc(overflow)
+        if len(durations) - len(kept) - overflow:
+            nonpositive_counter.inc(len(durations) - len(kept) - overflow)
     return kept
 
 
@@ -52,6 +58,7 @@ class VisitorDurationsFn(beam.DoFn):
     def __init__(self) -> None:
         self.without_item = counters.dropped("hit_without_item")
         self.nonpositive = counters.dropped("nonpositive_duration")
+        self.overflow = counters.dropped("duration_overflow")
         self.sessions = counters.counter("sessions")
 
     def process(self, element) -> Iterable[VisitorInteractions]:
@@ -67,7 +74,7 @@ class VisitorDurationsFn(beam.DoFn):
                 self.without_item.inc(missing)
             for item, duration in session_item_durations(hits).items():
                 totals[item] += duration
-        kept = positive_items(totals, self.nonpositive)
+        kept = positive_items(totals, self.nonpositive, self.overflow)
         if kept:
             yield visitor, kept
 
@@ -77,13 +84,14 @@ class SumVisitorInteractionsFn(beam.DoFn):
 
     def __init__(self) -> None:
         self.nonpositive = counters.dropped("nonpositive_duration")
+        self.overflow = counters.dropped("duration_overflow")
 
     def process(self, element) -> Iterable[VisitorInteractions]:
         visitor, rows = element
         totals: dict = defaultdict(float)
         for item, duration in rows:
             totals[item] += duration
-        kept = positive_items(totals, self.nonpositive)
+        kept = positive_items(totals, self.nonpositive, self.overflow)
         if kept:
             yield visitor, kept
 

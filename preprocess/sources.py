@@ -9,6 +9,11 @@ all of a visitor's data together (plain tuples: they are cheap to encode in Beam
 
 Rows that cannot be used are counted (``counters.DROP_REASONS``) and, when the row itself is
 malformed, also sent to the ``dropped`` output as JSON text so a user can look at them.
+
+Text inputs are read as raw bytes per line and decoded here, one line at a time, so a byte
+that is not UTF-8 costs its own line (``dropped_invalid_utf8``), not the job. A UTF-8 byte
+order mark at the start of a file is ignored. Numbers are bounded by BigQuery's INT64 range
+(the export schema's own type), so no hostile value can overflow later arithmetic.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import math
 from typing import Any, Iterable, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam import coders
 from apache_beam.io.filesystems import FileSystems
 
 import schemas
@@ -56,19 +62,32 @@ def build_query(
     hit_type: str = "PAGE",
     start_date: Optional[str] = None,
     end_date: Optional[str] = None,
+    include_intraday: bool = False,
 ) -> str:
     """The project's SQL (``schemas/ga360_interactions.sql``) filled in for one table.
 
     ``table`` is a BigQuery table reference ``PROJECT.DATASET.TABLE`` (quoted here with
     backticks), or any other FROM-able expression for engines such as DuckDB when it does
     not look like one.
+
+    On a wildcard table (``..._*``) the GA360 export's ``ga_sessions_intraday_YYYYMMDD`` tables
+    also match ``ga_sessions_*`` (``_TABLE_SUFFIX = 'intraday_YYYYMMDD'``); they repeat the
+    current day, still being filled, so they are excluded unless ``include_intraday``.
+    A date range (``BETWEEN 'YYYYMMDD' AND 'YYYYMMDD'``) excludes them too, since
+    ``'intraday_...' > '9...'`` in string order; with ``include_intraday`` the range applies
+    to the date part of their suffix as well.
     """
     item, item_join = item_sql(item_source, content_dimension_index)
     looks_like_bq = table.count(".") == 2 and "(" not in table
     table_ref = f"`{table}`" if looks_like_bq else table
-    table_filter = (
-        f"_TABLE_SUFFIX BETWEEN '{start_date}' AND '{end_date}'" if start_date else "TRUE"
-    )
+    wildcard = looks_like_bq and table.endswith("*")
+    if start_date:
+        suffix = "REGEXP_REPLACE(_TABLE_SUFFIX, '^intraday_', '')" if include_intraday else "_TABLE_SUFFIX"
+        table_filter = f"{suffix} BETWEEN '{start_date}' AND '{end_date}'"
+    elif wildcard and not include_intraday:
+        table_filter = "NOT STARTS_WITH(_TABLE_SUFFIX, 'intraday_')"
+    else:
+        table_filter = "TRUE"
     hit_filter = "TRUE" if hit_type.upper() == "ALL" else f"h.type = '{hit_type}'"
     return schemas.read_text(SQL_FILE).format(
         table=table_ref,
@@ -104,13 +123,17 @@ class ReadInteractionsFromBigQuery(beam.PTransform):
 # --------------------------------------------------------------------------- parsing helpers
 
 
-def parse_time(value: Any) -> Optional[float]:
-    """A hit time (ms since session start): a finite number >= 0, or None.
+INT64_MAX = 2**63 - 1  # hits.time and visitNumber are INT64 in the export schema
 
-    BigQuery's JSON export writes INT64 as strings, so numeric strings are accepted.
+
+def parse_time(value: Any) -> Optional[float]:
+    """A hit time (ms since session start): a finite number in [0, 2^63), or None.
+
+    BigQuery's JSON export writes INT64 as strings, so numeric strings are accepted. Values
+    beyond INT64 cannot come from the export; refusing them keeps every later sum finite.
     """
     if type(value) is int:  # the common case, first
-        return value if value >= 0 else None
+        return value if 0 <= value <= INT64_MAX else None
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, str):
@@ -118,7 +141,7 @@ def parse_time(value: Any) -> Optional[float]:
             value = float(value)  # float() itself ignores surrounding whitespace
         except ValueError:
             return None
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if not isinstance(value, (int, float)) or not 0 <= value <= INT64_MAX:  # NaN fails too
         return None
     return int(value) if float(value).is_integer() else float(value)
 
@@ -134,6 +157,26 @@ def _dead_letter(reason: str, record: Any) -> beam.pvalue.TaggedOutput:
     counters.dropped(reason).inc()
     text = record if isinstance(record, str) else json.dumps(record, default=str)
     return beam.pvalue.TaggedOutput(DROPPED, json.dumps({"reason": reason, "record": text[:2000]}))
+
+
+def decode_line(raw: Any) -> Optional[str]:
+    """One line of a text input as text: UTF-8 without a leading byte order mark, or None
+    when the bytes are not UTF-8."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return raw[1:] if raw.startswith("\ufeff") else raw
+
+
+def _undecodable(raw: bytes) -> beam.pvalue.TaggedOutput:
+    return _dead_letter("invalid_utf8", raw.decode("utf-8", "backslashreplace"))
+
+
+def _read_lines(pattern: str, skip_header_lines: int = 0) -> beam.PTransform:
+    """Lines of the files as raw bytes (decoded per line by the parsers)."""
+    return beam.io.ReadFromText(pattern, skip_header_lines=skip_header_lines, coder=coders.BytesCoder())
 
 
 def _visitor(value: Any) -> tuple[Optional[str], Optional[str]]:
@@ -161,24 +204,47 @@ def hit_items(hit: dict, item_source: str, content_dimension_index: int) -> list
 
     custom_dimension: MAX over the values with the wanted index (one value or None);
     page_path: hits.page.pagePath; product_sku: one value per product (None if none).
+    Raises ``MalformedHit`` when a field the expression reads has the wrong JSON type (the
+    export schema makes customDimensions and product arrays of records, page a record).
+    Dimension values are STRING in the schema: integers are compared as their decimal text;
+    any other type is returned as it is, for the caller to reject as an invalid ID.
     """
     if item_source == "custom_dimension":
+        dims = _repeated(hit, "customDimensions")
         values = [
             cd.get("value")
-            for cd in hit.get("customDimensions") or ()
-            if isinstance(cd, dict)
-            and cd.get("value") is not None
+            for cd in dims
+            if cd.get("value") is not None
             and (cd.get("index") == content_dimension_index
                  or parse_visit_number(cd.get("index")) == content_dimension_index)
         ]
-        return [max(values)] if values else [None]
+        texts = [str(v) if type(v) is int else v for v in values]
+        not_text = [v for v in texts if not isinstance(v, str)]
+        if not_text:
+            return [not_text[0]]
+        return [max(texts)] if texts else [None]
     if item_source == "page_path":
         page = hit.get("page")
-        return [page.get("pagePath") if isinstance(page, dict) else None]
+        if page is not None and not isinstance(page, dict):
+            raise MalformedHit("page")
+        return [page.get("pagePath") if page else None]
     if item_source == "product_sku":
-        products = [p for p in hit.get("product") or () if isinstance(p, dict)]
-        return [p.get("productSKU") for p in products] or [None]
+        return [p.get("productSKU") for p in _repeated(hit, "product")] or [None]
     raise ValueError(f"unknown item source {item_source!r}")
+
+
+class MalformedHit(ValueError):
+    """A GA360 hit field has the wrong JSON type; the argument names the field."""
+
+
+def _repeated(hit: dict, field: str) -> list:
+    """A REPEATED RECORD field of a hit: a list of objects (null or absent = empty)."""
+    value = hit.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise MalformedHit(field)
+    return value
 
 
 class ParseGaSessionFn(beam.DoFn):
@@ -189,12 +255,16 @@ class ParseGaSessionFn(beam.DoFn):
         self.content_dimension_index = content_dimension_index
         self.hit_type = None if hit_type.upper() == "ALL" else hit_type
 
-    def process(self, line: str) -> Iterable:
+    def process(self, raw: bytes) -> Iterable:
+        line = decode_line(raw)
+        if line is None:
+            yield _undecodable(raw)
+            return
         if not line.strip():
             return
         try:
             session = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
             yield _dead_letter("malformed_json", line)
             return
         if not isinstance(session, dict):
@@ -224,7 +294,12 @@ class ParseGaSessionFn(beam.DoFn):
             if time is None:
                 yield _dead_letter("invalid_time", {"fullVisitorId": visitor, "hit": hit})
                 continue
-            for raw_item in hit_items(hit, self.item_source, self.content_dimension_index):
+            try:
+                raw_items = hit_items(hit, self.item_source, self.content_dimension_index)
+            except MalformedHit:
+                yield _dead_letter("malformed_hit", {"fullVisitorId": visitor, "hit": hit})
+                continue
+            for raw_item in raw_items:
                 item, problem = _content(raw_item)
                 if problem:
                     yield _dead_letter(problem, {"fullVisitorId": visitor, "hit": hit})
@@ -244,7 +319,7 @@ class ReadGaSessions(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "ReadLines" >> beam.io.ReadFromText(self.pattern)
+            | "ReadLines" >> _read_lines(self.pattern)
             | "ParseSessions" >> beam.ParDo(self.parse).with_outputs(DROPPED, main="hits")
         )
 
@@ -253,13 +328,36 @@ class ReadGaSessions(beam.PTransform):
 
 
 def read_header(pattern: str) -> list[str]:
-    """The header row of the first file matching ``pattern`` (local or gs://)."""
-    files = matched_files(pattern)
-    with FileSystems.open(files[0]) as handle:
-        first = handle.readline().decode("utf-8-sig")
-    if not first.strip():
-        raise ValueError(f"{files[0]} is empty: expected a CSV header on its first line.")
-    return next(csv.reader([first]))
+    """The header row shared by every non-empty file matching ``pattern`` (local or gs://).
+
+    The reader skips the first line of each file, so each must start with the same header:
+    a file whose first line differs (another column order, or no header at all) would
+    otherwise be read with the wrong columns or lose its first row. Raises ``ValueError``
+    naming the file.
+    """
+    header: Optional[list[str]] = None
+    first_file = ""
+    for path in matched_files(pattern):
+        with FileSystems.open(path) as handle:
+            first = handle.readline()
+        if not first:
+            continue  # an empty file adds no rows
+        try:
+            text = first.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: the CSV header (first line) is not UTF-8 text.") from None
+        if not text.strip():
+            raise ValueError(f"{path}: expected a CSV header on its first line, found an empty line.")
+        row = next(csv.reader([text]))
+        if header is None:
+            header, first_file = row, path
+        elif row != header:
+            raise ValueError(
+                f"{path}: its first line {text.strip()[:200]!r} is not the header of {first_file} "
+                f"({','.join(header)}); every file of a CSV input must start with the same header."
+            )
+    assert header is not None  # matched_files refuses patterns with only empty files
+    return header
 
 
 def matched_files(pattern: str) -> list[str]:
@@ -297,7 +395,11 @@ class ParseHitsCsvFn(beam.DoFn):
         self.pos = column_positions(header, ["fullVisitorId", "visitNumber", "time", item_field], "hits_csv")
         self.item_field = item_field
 
-    def process(self, line: str) -> Iterable:
+    def process(self, raw: bytes) -> Iterable:
+        line = decode_line(raw)
+        if line is None:
+            yield _undecodable(raw)
+            return
         if not line.strip():
             return
         row = _csv_row(line, self.width)
@@ -332,6 +434,12 @@ class ParseInteractionFn(beam.DoFn):
         self.pos = column_positions(header, self.COLUMNS, "interactions_csv") if header else None
 
     def process(self, element: Any) -> Iterable:
+        if isinstance(element, bytes):
+            text = decode_line(element)
+            if text is None:
+                yield _undecodable(element)
+                return
+            element = text
         if isinstance(element, str):
             if not element.strip():
                 return
@@ -381,7 +489,7 @@ class ReadHitsCsv(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "ReadLines" >> beam.io.ReadFromText(self.pattern, skip_header_lines=1)
+            | "ReadLines" >> _read_lines(self.pattern, skip_header_lines=1)
             | "ParseRows" >> beam.ParDo(self.parse).with_outputs(DROPPED, main="hits")
         )
 
@@ -397,6 +505,6 @@ class ReadInteractionsCsv(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "ReadLines" >> beam.io.ReadFromText(self.pattern, skip_header_lines=1)
+            | "ReadLines" >> _read_lines(self.pattern, skip_header_lines=1)
             | "ParseRows" >> beam.ParDo(self.parse).with_outputs(DROPPED, main="interactions")
         )

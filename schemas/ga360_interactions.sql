@@ -2,7 +2,8 @@
 --
 -- Standard SQL for BigQuery. Placeholders filled by preprocess/sources.py:
 --   {table}          `PROJECT.DATASET.ga_sessions_*`
---   {table_filter}   TRUE, or a _TABLE_SUFFIX range for wildcard tables
+--   {table_filter}   TRUE; on wildcard tables a _TABLE_SUFFIX date range, and the
+--                    ga_sessions_intraday_* tables left out unless --include_intraday
 --   {hit_filter}     h.type = 'PAGE' (or TRUE for every hit type)
 --   {item_join}      empty, or LEFT JOIN UNNEST(h.product) AS p ON TRUE   (productSKU)
 --   {item}           the item expression, e.g. the custom dimension with index 10

@@ -10,7 +10,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_CSV = REPO.parent / "shared" / "data" / "ga_sessions_20170801.csv"
+SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_CSV = SHARED_DATA / "ga_sessions_20170801.csv"
+
+
+def require_shared(path: pathlib.Path) -> pathlib.Path:
+    """``path`` under ``../shared``; skips the test when it is absent (a user's fresh clone
+    has no ``../shared``), except under ``CI=true``, where CI always provides it."""
+    if path.exists():
+        return path
+    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+        pytest.fail(f"shared data file missing under CI: {path}")
+    pytest.skip(f"needs the shared data file {path} (absent outside the project's CI)")
 
 
 def run_preprocess(*argv: str) -> dict:
@@ -37,8 +48,7 @@ def bundled_output(bundled_sample, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def shared_csv_output(tmp_path_factory) -> str:
-    if not SHARED_CSV.exists():
-        pytest.fail(f"shared data file missing: {SHARED_CSV}")
+    require_shared(SHARED_CSV)
     out = str(tmp_path_factory.mktemp("shared_csv_out"))
     run_preprocess("--input", str(SHARED_CSV), "--input_format", "hits_csv",
                    "--item_field", "productSKU", "--output_dir", out)

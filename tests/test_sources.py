@@ -3,6 +3,7 @@ SQL and a pandas reference; the BigQuery branch built without BigQuery; flag val
 from __future__ import annotations
 
 import json
+import pathlib
 import shlex
 import subprocess
 
@@ -99,9 +100,13 @@ def test_session_durations_by_hand():
 
 def offline_flags(tmp_path) -> list:
     # The graph is the same for every runner; with --runner DataflowRunner or gs:// paths,
-    # merely building it already talks to Cloud Storage (staging bucket lookups).
+    # merely building it already talks to Cloud Storage (tf.Transform creates its temp folder).
     return ["--project", "my-project", "--region", "europe-west1",
             "--temp_location", str(tmp_path / "tmp"), "--output_dir", str(tmp_path / "out")]
+
+
+CLOUD_FLAGS = ["--project", "my-project", "--region", "europe-west1",
+               "--temp_location", "gs://b/tmp", "--output_dir", "gs://b/out"]
 
 
 def find_bigquery_reads(p: beam.Pipeline) -> list:
@@ -125,8 +130,8 @@ def find_bigquery_reads(p: beam.Pipeline) -> list:
      lambda: "SELECT 'v' AS visitorId, 'c' AS contentId, 5 AS session_duration"),
 ])
 def test_bigquery_branch_builds_a_standard_sql_read(extra, expected_query, tmp_path):
+    validate(PreprocessOptions(CLOUD_FLAGS + extra))  # the job's own check, as on Dataflow
     options = PreprocessOptions(offline_flags(tmp_path) + extra)
-    validate(options)
     p = beam.Pipeline(options=options)
     graph.build_pipeline(p, options)  # the whole graph builds with Dataflow options, offline
     (read,) = find_bigquery_reads(p)
@@ -153,6 +158,12 @@ def test_query_text_fixes_the_seed_bug():
     (["--bq_table", "not a table"], "PROJECT.DATASET.TABLE"),
     (["--input", "x", "--hit_type", "PAGE' OR '1'='1"], "plain word"),
     (["--input", "x", "--rating_scale", "0"], "positive"),
+    (["--input", "x", "--rating_scale", "nan"], "positive finite"),
+    (["--input", "x", "--rating_cap", "inf"], "positive finite"),
+    (["--input", "x", "--include_intraday"], "only apply to --bq_table"),
+    # BigQuery exports to the temp location before reading: refused at start without gs://
+    (["--bq_table", "p.d.t"], "needs --temp_location gs://"),
+    (["--query", "SELECT 1", "--temp_location", "/tmp/x"], "needs --temp_location gs://"),
 ])
 def test_bad_flags_get_clear_errors(argv, message):
     with pytest.raises(ValueError, match=message):
@@ -203,3 +214,57 @@ def test_local_default_run_command():
     assert preprocess[preprocess.index("--input_format") + 1] == "ga_json"
     out = preprocess[preprocess.index("--output_dir") + 1]
     assert train[1:3] == ["-m", "trainer.task"] and train[train.index("--input_path") + 1] == out
+
+
+def test_unknown_and_abbreviated_flags_are_refused():
+    from preprocess.options import refuse_unknown_flags
+
+    refuse_unknown_flags(["--input", "x", "--test_fraction", "0.2", "--max_num_workers", "3"])
+    with pytest.raises(ValueError, match=r"--test_fracton .*did you mean --test_fraction"):
+        refuse_unknown_flags(["--input", "x", "--test_fracton", "0.2"])
+    with pytest.raises(ValueError, match="--test_frac"):  # no prefix abbreviations either
+        refuse_unknown_flags(["--input", "x", "--test_frac=0.2"])
+
+
+def test_unknown_flag_exits_2_before_running(tmp_path):
+    from preprocess.__main__ import main
+
+    good = tmp_path / "good.csv"
+    good.write_text("visitorId,contentId,session_duration\nv1,c1,1000\nv2,c1,3000\n")
+    assert main(["--input", str(good), "--input_format", "interactions_csv", "--output_dir",
+                 str(tmp_path / "o"), "--test_fracton", "0.2"]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_intraday_tables_excluded_unless_asked(tricky_sessions):
+    """DuckDB runs the project's SQL for a wildcard table over a stand-in for it: two daily
+    tables and the current day's intraday table, each row tagged with its _TABLE_SUFFIX."""
+    lines = open(tricky_sessions).read().splitlines()
+    folder = pathlib.Path(tricky_sessions).parent
+    third = len(lines) // 3
+    days = {"20170801": lines[:third], "20170802": lines[third:2 * third], "intraday_20170803": lines[2 * third:]}
+    parts = []
+    for suffix, rows in days.items():
+        path = folder / f"ga_sessions_{suffix}.json"
+        path.write_text("\n".join(rows) + "\n")
+        parts.append(f"SELECT *, '{suffix}' AS _TABLE_SUFFIX FROM read_json('{path}', format='newline_delimited')")
+    stand_in = "(" + " UNION ALL BY NAME ".join(parts) + ")"
+
+    def sql(**kwargs) -> pd.DataFrame:
+        query = sources.build_query("p.ga.ga_sessions_*", **kwargs).replace("`p.ga.ga_sessions_*`", stand_in)
+        return as_sorted(duckdb.connect().execute(query).df())
+
+    def reference(*suffixes: str) -> pd.DataFrame:
+        path = folder / ("+".join(suffixes) + ".json")
+        path.write_text("\n".join(row for s in suffixes for row in days[s]) + "\n")
+        return as_sorted(oracles.durations_from_hits(oracles.ga_json_hits(str(path))))
+
+    daily = reference("20170801", "20170802")
+    everything = reference("20170801", "20170802", "intraday_20170803")
+    assert len(everything) > len(daily)
+    pd.testing.assert_frame_equal(sql(), daily)
+    pd.testing.assert_frame_equal(sql(start_date="20170801", end_date="20170803"), daily)
+    pd.testing.assert_frame_equal(sql(include_intraday=True), everything)
+    pd.testing.assert_frame_equal(sql(include_intraday=True, start_date="20170801", end_date="20170803"), everything)
+    pd.testing.assert_frame_equal(sql(include_intraday=True, start_date="20170802", end_date="20170803"),
+                                  reference("20170802", "intraday_20170803"))

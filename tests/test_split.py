@@ -11,7 +11,7 @@ import pytest
 
 from preprocess.split import held_out_flags, uniform_hash
 from tests import oracles
-from tests.conftest import SHARED_CSV, run_preprocess
+from tests.conftest import SHARED_CSV, require_shared, run_preprocess
 from tests.test_pipeline_outputs import shared_csv_hits
 
 FRACTION, SEED = 0.3, 7
@@ -71,7 +71,7 @@ def test_zero_fraction_holds_out_nothing(bundled_output):
 def split_output(tmp_path_factory) -> str:
     """The shared GA export cut into two input files, held out with 3 output shards."""
     folder = tmp_path_factory.mktemp("split_in")
-    lines = SHARED_CSV.read_text().splitlines()
+    lines = require_shared(SHARED_CSV).read_text().splitlines()
     header, rows = lines[0], lines[1:]
     for part, chunk in enumerate((rows[: len(rows) // 2], rows[len(rows) // 2:])):
         (folder / f"part{part}.csv").write_text("\n".join([header, *chunk]) + "\n")
