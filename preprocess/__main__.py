@@ -83,6 +83,16 @@ def console_url(options: PreprocessOptions, job_id: str) -> str:
             f"?project={cloud.project}")
 
 
+def announce_job(result, options: PreprocessOptions) -> str:
+    """Prints a Dataflow job's ID and console URL as soon as it is submitted; returns the
+    " (Dataflow job ID)" suffix for later messages ("" on other runners)."""
+    if "dataflow" not in str(options.view_as(StandardOptions).runner).lower():
+        return ""
+    job_id = result.job_id()
+    print(f"preprocess: Dataflow job {job_id} submitted: {console_url(options, job_id)}", flush=True)
+    return f" (Dataflow job {job_id})"
+
+
 def run(argv: Optional[Sequence[str]] = None) -> dict:
     """Runs the job to completion and returns its metadata; raises on any failure."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -99,11 +109,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     p = beam.Pipeline(options=options)
     pipeline.build_pipeline(p, options)
     result = p.run()
-    job = ""
-    if "dataflow" in str(standard.runner).lower():
-        job = f" (Dataflow job {result.job_id()})"
-        print(f"preprocess: Dataflow job {result.job_id()} started: "
-              f"{console_url(options, result.job_id())}", flush=True)
+    job = announce_job(result, options)
     state = result.wait_until_finish()
     print(f"preprocess: pipeline{job} finished in state {state}", flush=True)
     if state != beam.runners.runner.PipelineState.DONE:

@@ -268,3 +268,19 @@ def test_intraday_tables_excluded_unless_asked(tricky_sessions):
     pd.testing.assert_frame_equal(sql(include_intraday=True, start_date="20170801", end_date="20170803"), everything)
     pd.testing.assert_frame_equal(sql(include_intraday=True, start_date="20170802", end_date="20170803"),
                                   reference("20170802", "intraday_20170803"))
+
+
+def test_dataflow_job_id_and_console_url_are_printed(capsys):
+    from preprocess.__main__ import announce_job
+
+    class Submitted:  # what DataflowRunner.run returns offers job_id()
+        def job_id(self) -> str:
+            return "2026-12-01_01_02_03-123456789"
+
+    options = PreprocessOptions(GCP)
+    assert announce_job(Submitted(), options) == " (Dataflow job 2026-12-01_01_02_03-123456789)"
+    # The console's documented job URL: /dataflow/jobs/REGION/JOB_ID?project=PROJECT
+    assert capsys.readouterr().out.strip() == (
+        "preprocess: Dataflow job 2026-12-01_01_02_03-123456789 submitted: https://console.cloud.google.com"
+        "/dataflow/jobs/europe-west1/2026-12-01_01_02_03-123456789?project=p")
+    assert announce_job(None, PreprocessOptions(["--runner", "FnApiRunner"])) == ""
