@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# Submit the WALS trainer (python -m trainer.task) as a Vertex AI custom job on a GPU machine.
+# Submit the WALS trainer (python -m trainer.task) as a Vertex AI custom job.
 #
 #   ./run_training.sh --input_path gs://BUCKET/prep --output_dir gs://BUCKET/model \
-#       [--project P] [--region us-central1] [--staging gs://BUCKET/staging] \
-#       [--machine_type n1-standard-8] [--accelerator_type NVIDIA_TESLA_T4] [--accelerator_count 1] \
-#       [--image URI] [--job_name NAME] [--package_uri gs://.../pkg.tar.gz] [--dry_run] \
-#       [-- TRAINER FLAGS, e.g. --num_epochs 20 --n_embeds 64]
+#       --image REGION-docker.pkg.dev/PROJECT/REPO/wals-trainer:TAG \
+#       [--project P] [--region us-central1] [--machine_type n1-standard-8] \
+#       [--accelerator_type NVIDIA_TESLA_T4] [--accelerator_count 1] [--job_name NAME] \
+#       [--dry_run] [-- TRAINER FLAGS, e.g. --num_epochs 20 --n_embeds 64]
 #
-# Steps: build the trainer-only sdist (GA_RECS_TRAINER_ONLY=1 python setup.py sdist: packages
-# trainer + schemas; skipped with --package_uri), copy it
-# to --staging (gcloud storage cp), then `gcloud ai custom-jobs create` with the prebuilt
-# TensorFlow GPU training container running `python -m trainer.task`. --dry_run prints the
-# exact commands (shell-quoted, one per line, prefixed "+ ") and runs none of the cloud steps.
-# --accelerator_count 0 runs on CPU only. Trainer flags after `--` are passed through; they
-# must not contain commas (gcloud's --args list is comma-separated).
+# --image URI: our trainer container (built from Dockerfile.trainer: TensorFlow 2.21 with GPU
+#     support, ENTRYPOINT python -m trainer.task), the default path. Or, instead:
+# --prebuilt_image URI [--staging gs://B/staging] [--package_uri gs://B/pkg.tar.gz]: build the
+#     trainer-only sdist, copy it to --staging (default OUTPUT_DIR/staging) and run it on a
+#     Vertex AI prebuilt TensorFlow training image (the URI is required: see docs/CLOUD.md).
+# The trainer flags are checked locally with the trainer's own parser before anything is
+# uploaded or submitted. The job is submitted with a job spec file (gcloud ai custom-jobs
+# create --config FILE), so paths and flags may contain any character, commas included.
+# --dry_run (anywhere on the line, also after --) builds and checks everything locally, prints
+# the commands (prefixed "+ ") and the job spec, and uploads and submits nothing.
+# --accelerator_count 0 runs on CPU only. Bad input: one line on stderr, exit status 2.
 set -euo pipefail
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "run_training.sh: $*" >&2; exit 2; }
 
 INPUT_PATH=""
@@ -27,47 +31,94 @@ STAGING=""
 MACHINE_TYPE="n1-standard-8"
 ACCELERATOR_TYPE="NVIDIA_TESLA_T4"
 ACCELERATOR_COUNT="1"
-# Prebuilt Vertex AI training image: TensorFlow 2.17, GPU, Python 3.10.
-IMAGE="us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest"
+IMAGE=""
+PREBUILT_IMAGE=""
 JOB_NAME="wals-trainer-$(date -u +%Y%m%d-%H%M%S)"
 PACKAGE_URI=""
 DRY_RUN=0
 TRAINER_ARGS=()
 
-need() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"; }
+# --dry_run anywhere (before or after --) means nothing is uploaded or submitted; it is never
+# passed to the trainer.
+for a in "$@"; do [[ "$a" == --dry_run ]] && DRY_RUN=1; done
+
+# Options take their value as the next word or after "=" (--region=europe-west4).
 while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --input_path) need "$@"; INPUT_PATH="$2"; shift 2 ;;
-    --output_dir) need "$@"; OUTPUT_DIR="$2"; shift 2 ;;
-    --project) need "$@"; PROJECT="$2"; shift 2 ;;
-    --region) need "$@"; REGION="$2"; shift 2 ;;
-    --staging) need "$@"; STAGING="$2"; shift 2 ;;
-    --machine_type) need "$@"; MACHINE_TYPE="$2"; shift 2 ;;
-    --accelerator_type) need "$@"; ACCELERATOR_TYPE="$2"; shift 2 ;;
-    --accelerator_count) need "$@"; ACCELERATOR_COUNT="$2"; shift 2 ;;
-    --image) need "$@"; IMAGE="$2"; shift 2 ;;
-    --job_name) need "$@"; JOB_NAME="$2"; shift 2 ;;
-    --package_uri) need "$@"; PACKAGE_URI="$2"; shift 2 ;;
-    --dry_run) DRY_RUN=1; shift ;;
+  opt="$1"
+  case "$opt" in
+    --) shift; break ;;
+    --dry_run) shift; continue ;;
     -h|--help) usage; exit 0 ;;
-    --) shift; TRAINER_ARGS=("$@"); break ;;
-    *) die "unknown option $1 (trainer flags go after --)" ;;
+    --*=*) name="${opt%%=*}"; value="${opt#*=}"; shift ;;
+    --input_path|--output_dir|--project|--region|--staging|--machine_type|--accelerator_type|\
+    --accelerator_count|--image|--prebuilt_image|--job_name|--package_uri)
+      name="$opt"
+      [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die "$opt needs a value"
+      value="$2"; shift 2 ;;
+    *) die "unknown option $opt (trainer flags go after --; --help lists the options)" ;;
+  esac
+  [[ -n "$value" ]] || die "$name needs a value"
+  case "$name" in
+    --input_path) INPUT_PATH="$value" ;;
+    --output_dir) OUTPUT_DIR="$value" ;;
+    --project) PROJECT="$value" ;;
+    --region) REGION="$value" ;;
+    --staging) STAGING="$value" ;;
+    --machine_type) MACHINE_TYPE="$value" ;;
+    --accelerator_type) ACCELERATOR_TYPE="$value" ;;
+    --accelerator_count) ACCELERATOR_COUNT="$value" ;;
+    --image) IMAGE="$value" ;;
+    --prebuilt_image) PREBUILT_IMAGE="$value" ;;
+    --job_name) JOB_NAME="$value" ;;
+    --package_uri) PACKAGE_URI="$value" ;;
+    *) die "unknown option $name (trainer flags go after --; --help lists the options)" ;;
   esac
 done
+for a in "$@"; do [[ "$a" == --dry_run ]] || TRAINER_ARGS+=("$a"); done
 
+# ------------------------------------------------------------------------------- validation
 [[ -n "$INPUT_PATH" ]] || die "--input_path is required (the preprocessing output, gs://...)"
 [[ -n "$OUTPUT_DIR" ]] || die "--output_dir is required (gs://...)"
-[[ "$INPUT_PATH" == gs://* ]] || die "--input_path must be a gs:// path (the job cannot read local files)"
-[[ "$OUTPUT_DIR" == gs://* ]] || die "--output_dir must be a gs:// path"
+# A gs:// URL with a valid bucket name (3-222 characters: lowercase letters, digits, - _ .).
+GS_RE='^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$'
+[[ "$INPUT_PATH" =~ $GS_RE ]] || die "--input_path must be a gs://BUCKET/... path (the job cannot read local files), got '$INPUT_PATH'"
+[[ "$OUTPUT_DIR" =~ $GS_RE ]] || die "--output_dir must be a gs://BUCKET/... path, got '$OUTPUT_DIR'"
+if [[ -n "$IMAGE" && -n "$PREBUILT_IMAGE" ]]; then
+  die "give --image (our trainer container) or --prebuilt_image (a Vertex AI prebuilt image), not both"
+fi
+if [[ -z "$IMAGE" && -z "$PREBUILT_IMAGE" ]]; then
+  die "no trainer image: pass --image URI of the container built from Dockerfile.trainer, or --prebuilt_image URI (see docs/CLOUD.md)"
+fi
+if [[ -n "$IMAGE" ]]; then
+  [[ -z "$STAGING" ]] || die "--staging is only used with --prebuilt_image (the --image container holds the trainer)"
+  [[ -z "$PACKAGE_URI" ]] || die "--package_uri is only used with --prebuilt_image (the --image container holds the trainer)"
+fi
+# A container image reference: [HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST].
+IMAGE_RE='^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$'
+for pair in "--image:$IMAGE" "--prebuilt_image:$PREBUILT_IMAGE"; do
+  flag="${pair%%:*}"; uri="${pair#*:}"
+  [[ -z "$uri" || "$uri" =~ $IMAGE_RE ]] || die "$flag: '$uri' is not a container image URI (HOST/PATH:TAG)"
+done
 if [[ -z "$PROJECT" ]] && command -v gcloud >/dev/null 2>&1; then
   PROJECT="$(gcloud config get-value project 2>/dev/null || true)"
 fi
 [[ -n "$PROJECT" ]] || die "no project: pass --project or set GOOGLE_CLOUD_PROJECT"
-[[ "$ACCELERATOR_COUNT" =~ ^[0-9]+$ ]] || die "--accelerator_count must be an integer"
-STAGING="${STAGING:-${OUTPUT_DIR%/}/staging}"
-[[ "$STAGING" == gs://* ]] || die "--staging must be a gs:// path"
+[[ "$PROJECT" =~ ^([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || die "--project '$PROJECT' is not a Google Cloud project ID"
+[[ "$REGION" =~ ^[a-z]+(-[a-z]+)+[0-9]+$ ]] || die "--region '$REGION' is not a region (e.g. us-central1)"
+[[ "$MACHINE_TYPE" =~ ^[a-z][a-z0-9-]*$ ]] || die "--machine_type '$MACHINE_TYPE' is not a machine type (e.g. n1-standard-8)"
+[[ "$ACCELERATOR_COUNT" =~ ^(0|[1-9][0-9]{0,2})$ ]] || die "--accelerator_count must be a non-negative integer (0 = CPU only), got '$ACCELERATOR_COUNT'"
+[[ "$ACCELERATOR_TYPE" =~ ^[A-Z][A-Z0-9_]*$ ]] || die "--accelerator_type '$ACCELERATOR_TYPE' is not an accelerator type (e.g. NVIDIA_TESLA_T4, NVIDIA_L4)"
+[[ "$JOB_NAME" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$ ]] || die "--job_name '$JOB_NAME': use 1-128 letters, digits, '-', '_' or '.' (it is also a folder name under --staging)"
+if [[ -n "$PREBUILT_IMAGE" ]]; then
+  STAGING="${STAGING:-${OUTPUT_DIR%/}/staging}"
+  [[ "$STAGING" =~ $GS_RE ]] || die "--staging must be a gs://BUCKET/... path, got '$STAGING'"
+  [[ -z "$PACKAGE_URI" || ( "$PACKAGE_URI" =~ $GS_RE && "$PACKAGE_URI" =~ \.(tar\.gz|whl)$ ) ]] \
+    || die "--package_uri must be a gs://BUCKET/... .tar.gz sdist or .whl, got '$PACKAGE_URI'"
+fi
+for v in "$PROJECT" "$STAGING" "$PACKAGE_URI" "$INPUT_PATH" "$OUTPUT_DIR"; do
+  [[ "$v" != *[[:cntrl:]]* ]] || die "control characters (line breaks, tabs) are not allowed in paths or names"
+done
 for a in "${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}"; do
-  [[ "$a" != *,* ]] || die "trainer flag '$a' contains a comma (not expressible in gcloud --args)"
   case "$a" in --input_path|--input_path=*|--output_dir|--output_dir=*)
     die "give --input_path/--output_dir before --, not as trainer flags" ;;
   esac
@@ -82,45 +133,156 @@ show() { printf '+'; for a in "$@"; do printf ' '; quote "$a"; done; printf '\n'
 run() { show "$@"; [[ "$DRY_RUN" == 1 ]] || "$@"; }
 
 cd "$(dirname "$0")"
+REPO="$PWD"
 PYTHON="${PYTHON:-python3}"
 [[ -x .venv/bin/python && "${PYTHON}" == python3 ]] && PYTHON=.venv/bin/python
+command -v "$PYTHON" >/dev/null 2>&1 || die "no Python: '$PYTHON' not found (set PYTHON, or run ./install.sh)"
+[[ -f trainer/task.py ]] || die "trainer/task.py not found beside run_training.sh: cannot check the trainer flags"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+SPEC="$WORK/custom_job.yaml"
 
-if [[ -z "$PACKAGE_URI" ]]; then
-  [[ -f setup.py ]] || die "setup.py not found: cannot build the trainer package (or pass --package_uri)"
-  DIST_DIR="$(mktemp -d)"
-  trap 'rm -rf "$DIST_DIR"' EXIT
-  # The trainer-only sdist (packages trainer + schemas, no Beam/tf.Transform requirements: the
-  # prebuilt image has TensorFlow). Built even with --dry_run (locally; egg-info goes to the
-  # temporary dir, not the work tree) so the printed URI is the real one.
-  BUILD=(env GA_RECS_TRAINER_ONLY=1 "$PYTHON" setup.py -q egg_info --egg-base "$DIST_DIR"
-         sdist --formats=gztar --dist-dir "$DIST_DIR")
-  show "${BUILD[@]}"
-  "${BUILD[@]}" >&2
-  SDIST="$(ls "$DIST_DIR"/*.tar.gz | head -n 1)"
-  [[ -f "$SDIST" ]] || die "sdist build produced no .tar.gz"
-  PACKAGE_URI="${STAGING%/}/${JOB_NAME}/$(basename "$SDIST")"
-  run gcloud storage cp "$SDIST" "$PACKAGE_URI"
+# Checks the job's trainer arguments with the trainer's own parser (trainer.task.parse_args)
+# and, with an output file, writes the job spec (a Vertex AI CustomJobSpec in YAML: block
+# style, every string a double-quoted scalar, so any character survives).
+# argv: MODE(check|spec) REPO OUT KIND(container|python) IMAGE MACHINE ACC_TYPE ACC_COUNT
+#       PACKAGE_URI INPUT_PATH OUTPUT_DIR TRAINER_ARGS...
+# Exit status 2 with one line on stderr for bad flags; 3 when the trainer printed its --help.
+HELPER=$(cat <<'PY'
+import argparse, sys, types
+
+(mode, repo, out, kind, image, machine, acc_type, acc_count, package_uri,
+ input_path, output_dir, *trainer) = sys.argv[1:]
+
+
+def fail(msg):
+    print("run_training.sh: " + " ".join(str(msg).split()), file=sys.stderr)
+    sys.exit(2)
+
+
+for a in sys.argv[1:]:
+    try:
+        a.encode("utf-8")
+    except UnicodeEncodeError:
+        fail("an argument is not valid UTF-8")
+sys.path.insert(0, repo)
+try:
+    import numpy  # noqa: F401
+except ImportError:
+    # trainer/task.py imports NumPy at module level; parse_args does not use it. A stand-in
+    # lets a Python without NumPy (e.g. the system python3) check the flags.
+    sys.modules["numpy"] = types.ModuleType("numpy")
+try:
+    from trainer.task import parse_args
+except Exception as e:  # noqa: BLE001 - reported in one line
+    fail(f"cannot import the trainer's flag parser from {repo}/trainer/task.py "
+         f"({type(e).__name__}: {e}); set PYTHON to the project's .venv/bin/python")
+
+
+class FlagError(Exception):
+    pass
+
+
+def error(self, message):
+    raise FlagError(message)
+
+
+argparse.ArgumentParser.error = error
+job_args = ["--input_path=" + input_path, "--output_dir=" + output_dir, "--no_progress", *trainer]
+try:
+    ns = parse_args(job_args)
+except FlagError as e:
+    fail(f"bad trainer flags: {e} (python -m trainer.task --help lists them)")
+except SystemExit as e:  # --help / -h among the trainer flags: argparse printed the help
+    sys.exit(3 if e.code in (0, None) else 2)
+if ns.input_path != input_path or ns.output_dir != output_dir:
+    fail("a trainer flag after -- sets --input_path/--output_dir; give those before --")
+if mode == "check":
+    sys.exit(0)
+
+NONPRINTING = {"\u0085", "\u2028", "\u2029", "\ufeff"}
+
+
+def q(s):
+    """A YAML double-quoted scalar holding exactly s."""
+    out = []
+    for c in s:
+        o = ord(c)
+        if c in '"\\':
+            out.append("\\" + c)
+        elif 0x20 <= o < 0x7F or (o >= 0xA0 and c.isprintable() and c not in NONPRINTING):
+            out.append(c)
+        elif o <= 0xFF:
+            out.append(f"\\x{o:02x}")
+        elif o <= 0xFFFF:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(f"\\U{o:08x}")
+    return '"' + "".join(out) + '"'
+
+
+lines = ["workerPoolSpecs:", "- machineSpec:", f"    machineType: {q(machine)}"]
+if int(acc_count) > 0:
+    lines += [f"    acceleratorType: {q(acc_type)}", f"    acceleratorCount: {int(acc_count)}"]
+lines.append("  replicaCount: 1")
+if kind == "container":
+    lines += ["  containerSpec:", f"    imageUri: {q(image)}", "    args:"]
+else:
+    lines += ["  pythonPackageSpec:", f"    executorImageUri: {q(image)}", "    packageUris:",
+              f"    - {q(package_uri)}", f"    pythonModule: {q('trainer.task')}", "    args:"]
+lines += [f"    - {q(a)}" for a in job_args]
+with open(out, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+PY
+)
+
+if [[ -n "$IMAGE" ]]; then KIND=container; JOB_IMAGE="$IMAGE"; else KIND=python; JOB_IMAGE="$PREBUILT_IMAGE"; fi
+helper() {  # helper MODE [PACKAGE_URI]
+  local rc=0
+  "$PYTHON" -c "$HELPER" "$1" "$REPO" "$SPEC" "$KIND" "$JOB_IMAGE" "$MACHINE_TYPE" "$ACCELERATOR_TYPE" \
+    "$ACCELERATOR_COUNT" "${2:-}" "$INPUT_PATH" "$OUTPUT_DIR" \
+    "${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}" || rc=$?
+  if [[ $rc == 3 ]]; then echo "(the trainer's --help, from trainer/task.py; nothing was submitted)" >&2; exit 0; fi
+  [[ $rc == 0 ]] || exit 2
+}
+# Before anything is built, uploaded or submitted.
+helper check
+
+if [[ -n "$PREBUILT_IMAGE" ]]; then
+  if [[ "$PREBUILT_IMAGE" =~ /vertex-ai/training/tf-(cpu|gpu)\.2-([0-9]+)\. ]] && (( BASH_REMATCH[2] <= 17 )); then
+    echo "run_training.sh: warning: $PREBUILT_IMAGE: Vertex AI lists end of availability 2026-07-11 or earlier for TensorFlow <= 2.17 training images; the trainer is tested on TF 2.21 (use --image, docs/CLOUD.md)" >&2
+  fi
+  if [[ -z "$PACKAGE_URI" ]]; then
+    [[ -f setup.py ]] || die "setup.py not found: cannot build the trainer package (or pass --package_uri)"
+    # The trainer-only sdist (packages trainer + schemas, no Beam/tf.Transform requirements: the
+    # prebuilt image has TensorFlow). Built even with --dry_run (locally; egg-info goes to the
+    # temporary dir, not the work tree) so the printed URI is the real one.
+    BUILD=(env GA_RECS_TRAINER_ONLY=1 "$PYTHON" setup.py -q egg_info --egg-base "$WORK"
+           sdist --formats=gztar --dist-dir "$WORK/dist")
+    show "${BUILD[@]}"
+    "${BUILD[@]}" >&2 || die "building the trainer sdist failed (see above)"
+    SDIST="$(ls "$WORK"/dist/*.tar.gz 2>/dev/null | head -n 1)"
+    [[ -f "$SDIST" ]] || die "sdist build produced no .tar.gz"
+    PACKAGE_URI="${STAGING%/}/${JOB_NAME}/$(basename "$SDIST")"
+    helper spec "$PACKAGE_URI"
+    run gcloud storage cp "$SDIST" "$PACKAGE_URI"
+  else
+    helper spec "$PACKAGE_URI"
+  fi
+else
+  helper spec
 fi
 
-POOL="machine-type=${MACHINE_TYPE},replica-count=1"
-if [[ "$ACCELERATOR_COUNT" -gt 0 ]]; then
-  POOL="${POOL},accelerator-type=${ACCELERATOR_TYPE},accelerator-count=${ACCELERATOR_COUNT}"
-fi
-POOL="${POOL},executor-image-uri=${IMAGE},python-module=trainer.task"
-
-ARGS="--input_path=${INPUT_PATH},--output_dir=${OUTPUT_DIR},--no_progress"
-for a in "${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}"; do ARGS="${ARGS},${a}"; done
-
+echo "# $SPEC (the job spec given to --config):"
+cat "$SPEC"
 run gcloud ai custom-jobs create \
   --project="$PROJECT" \
   --region="$REGION" \
   --display-name="$JOB_NAME" \
-  --python-package-uris="$PACKAGE_URI" \
-  --worker-pool-spec="$POOL" \
-  --args="$ARGS"
+  --config="$SPEC"
 
 if [[ "$DRY_RUN" == 1 ]]; then
-  echo "(dry run: nothing was submitted)" >&2
+  echo "(dry run: nothing was uploaded or submitted)" >&2
 else
   echo "Submitted. Follow it with: gcloud ai custom-jobs list --project=$PROJECT --region=$REGION --filter=displayName=$JOB_NAME" >&2
   echo "and: gcloud ai custom-jobs stream-logs JOB_ID --project=$PROJECT --region=$REGION" >&2
