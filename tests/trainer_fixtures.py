@@ -63,9 +63,13 @@ def write_dataset(
     user_names: Sequence[str] | None = None,
     item_names: Sequence[str] | None = None,
     nshards: int = 2,
+    rating_cap: float | None = 1.0,
 ) -> pathlib.Path:
     """Writes ``metadata.json``, both shard sets and both vocabularies for ``dense`` (users ×
-    items, 0 = unobserved) into ``root``; returns ``root``."""
+    items, 0 = unobserved) into ``root``; returns ``root``.
+
+    ``rating_cap`` goes into the ``rating`` block as the preprocessing writes it (``None``:
+    no ``rating`` block, as in outputs that predate it)."""
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
     nusers, nitems = dense.shape
@@ -96,8 +100,29 @@ def write_dataset(
         records.ITEMS_FOR_USER: files[records.ITEMS_FOR_USER],
         "record_compression": "NONE",
     }
+    if rating_cap is not None:
+        meta["rating"] = {"scale": 0.3, "cap": rating_cap,
+                          "formula": "min(scale * session_duration / median_duration, cap)"}
     (root / records.METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return root
+
+
+def write_test_split(root: pathlib.Path, test: np.ndarray, nshards: int = 1) -> None:
+    """Adds held-out ``test_items_for_user`` shards for ``test`` (same shape and dense IDs as
+    the training matrix) and names them in ``metadata.json`` with a ``split`` block."""
+    root = pathlib.Path(root)
+    rows = dense_rows(test)
+    names = []
+    for s in range(nshards):
+        name = f"{records.TEST_ITEMS_FOR_USER}-{s:05d}-of-{nshards:05d}{records.RECORD_SUFFIX}"
+        write_records(root / name, rows[s::nshards])
+        names.append(name)
+    meta = json.loads((root / records.METADATA_FILE).read_text())
+    meta[records.TEST_ITEMS_FOR_USER] = names
+    meta["split"] = {"test_fraction": 0.2, "seed": 0, "method": "per_user_random",
+                     "test_interactions": int(np.count_nonzero(test)),
+                     "test_users": int((test != 0).any(axis=1).sum())}
+    (root / records.METADATA_FILE).write_text(json.dumps(meta))
 
 
 def random_ratings(nusers: int, nitems: int, density: float, seed: int) -> np.ndarray:
@@ -130,6 +155,35 @@ def numpy_objective(u, v, target, weights, lam) -> float:
     u = u.astype(np.float64)
     v = v.astype(np.float64)
     return float((weights * (target - u @ v.T) ** 2).sum() + lam * ((u**2).sum() + (v**2).sum()))
+
+
+def numpy_fold_in(
+    item_factors: np.ndarray,
+    items: Sequence[int],
+    ratings: Sequence[float],
+    objective: str,
+    lam: float,
+    w0: float = 0.0,
+    alpha: float = 0.0,
+    col_w: np.ndarray | None = None,
+) -> np.ndarray:
+    """A new user's factor by one dense float64 least-squares solve over *all* items (no
+    Gramian shortcut): ``items`` distinct, ``ratings`` already merged and clipped.
+
+    ``wals``: weight ``w0 + c_j`` and target ``r_j`` on the given items, ``w0`` / 0 elsewhere;
+    ``implicit`` (linear confidence): weight ``1 + α r_j`` and target ``[r_j > 0]`` on them,
+    1 / 0 elsewhere."""
+    v = np.asarray(item_factors, np.float64)
+    n, k = v.shape
+    weights = np.full(n, 1.0 if objective == "implicit" else w0)
+    target = np.zeros(n)
+    for j, r in zip(items, ratings):
+        if objective == "implicit":
+            weights[j], target[j] = 1.0 + alpha * r, float(r > 0)
+        else:
+            weights[j], target[j] = w0 + (1.0 if col_w is None else col_w[j]), r
+    m = (v.T * weights) @ v + lam * np.eye(k)
+    return np.linalg.solve(m, v.T @ (weights * target))
 
 
 def numpy_topk(scores: np.ndarray, seen: np.ndarray, n: int) -> list[list[int]]:

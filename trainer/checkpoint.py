@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import zipfile
 
 import numpy as np
 
@@ -71,23 +73,63 @@ class Checkpointer:
             if fileio.basename(old) != fileio.basename(name):
                 tf.io.gfile.remove(old)
 
-    def load(self) -> TrainingState | None:
-        """The saved state, ``None`` if there is none; raises if it belongs to another config."""
+    def load(
+        self, shapes: tuple[tuple[int, int], tuple[int, int]] | None = None
+    ) -> TrainingState | None:
+        """The saved state, ``None`` if there is none.
+
+        Parameters
+        ----------
+        shapes : ((nusers, k), (nitems, k)), optional
+            The factor shapes this run needs; a checkpoint with others is refused.
+
+        Raises
+        ------
+        TrainerInputError
+            The checkpoint belongs to other hyperparameters or data, or is corrupt: state.json
+            unreadable or not the expected object, a factors file that is missing, not an
+            ``.npz`` of the two float factor matrices, of the wrong shape or not finite.
+        """
         if not fileio.exists(self._json):
             return None
-        meta = json.loads(fileio.read_text(self._json))
+
+        def corrupt(why: str) -> TrainerInputError:
+            return TrainerInputError(
+                f"--resume: the checkpoint in {self.dir} is unusable ({why}); run without "
+                "--resume to start over (this replaces the checkpoint)"
+            )
+
+        try:
+            meta = json.loads(fileio.read_text(self._json))
+        except (TrainerInputError, ValueError) as e:
+            raise corrupt(f"{fileio.basename(self._json)}: {e}") from e
+        if not isinstance(meta, dict):
+            raise corrupt(f"{fileio.basename(self._json)} is not a JSON object")
         if meta.get("fingerprint") != self.fingerprint:
             raise TrainerInputError(
                 f"{self._json} was written with other hyperparameters or data; "
                 "use a fresh --output_dir or drop --resume"
             )
-        arrays = fileio.load_npz(fileio.join(self.dir, meta["factors"]))
-        state = TrainingState(
-            int(meta["sweeps_done"]),
-            arrays["user_factors"],
-            arrays["item_factors"],
-            list(meta["history"]),
-        )
-        if len(state.history) != state.sweeps_done:
-            raise TrainerInputError(f"{self._json} is inconsistent (history length)")
-        return state
+        sweeps, name, history = meta.get("sweeps_done"), meta.get("factors"), meta.get("history")
+        if isinstance(sweeps, bool) or not isinstance(sweeps, int) or sweeps < 1:
+            raise corrupt(f"sweeps_done = {sweeps!r}")
+        # only a file this class writes, in this directory (never a path from the JSON)
+        if not isinstance(name, str) or not re.fullmatch(r"factors-\d{5}\.npz", name):
+            raise corrupt(f"factors = {name!r} is not a factors-NNNNN.npz name")
+        if not isinstance(history, list) or len(history) != sweeps:
+            raise corrupt("history length differs from sweeps_done")
+        try:
+            arrays = fileio.load_npz(fileio.join(self.dir, name))
+        except (TrainerInputError, OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise corrupt(f"{name}: {e}") from e
+        factors = []
+        for i, key in enumerate(("user_factors", "item_factors")):
+            a = arrays.get(key)
+            if a is None or a.ndim != 2 or a.dtype.kind != "f":
+                raise corrupt(f"{name} has no 2-D float {key}")
+            if shapes is not None and a.shape != tuple(shapes[i]):
+                raise corrupt(f"{name}: {key} has shape {a.shape}, this run needs {tuple(shapes[i])}")
+            if not np.all(np.isfinite(a)):
+                raise corrupt(f"{name}: {key} holds NaN/inf")
+            factors.append(a)
+        return TrainingState(sweeps, factors[0], factors[1], list(history))

@@ -8,7 +8,8 @@ matrix is then held in memory (the solver gathers from it every half-sweep, so r
 files each sweep would only cost time).
 
 Checks (each raises :class:`~trainer.errors.TrainerInputError` with the file set named):
-no records at all, unreadable/corrupt records, ``key`` or ``indices`` out of range, a key that
+no records at all, unreadable/corrupt records, a shard that cannot be read (missing, a
+directory, no permission), ``key`` or ``indices`` out of range, a key that
 appears twice, ``indices``/``values`` of different lengths, a repeated index within a row,
 NaN/inf ratings, and (in :func:`load_training_data`) a ``users_for_item`` matrix that is not
 the transpose of ``items_for_user`` or an entry count different from ``ninteractions``.
@@ -23,7 +24,7 @@ import numpy as np
 
 from schemas import records
 
-from trainer.errors import TrainerInputError
+from trainer.errors import TrainerInputError, one_line
 from trainer.metadata import Metadata
 from trainer.sparse import CSR
 
@@ -77,8 +78,11 @@ def read_shards(
             vals.append(v)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
         raise TrainerInputError(
-            f"{what}: unreadable or malformed record in {list(files)[:3]}...: {e.message}"
+            f"{what}: unreadable or malformed record in {list(files)[:3]}...: {one_line(e.message)}"
         ) from e
+    except (tf.errors.NotFoundError, tf.errors.FailedPreconditionError,
+            tf.errors.PermissionDeniedError) as e:  # e.g. a shard that is a directory
+        raise TrainerInputError(f"{what}: cannot read a shard: {one_line(e.message)}") from e
     if not keys and allow_empty:
         log.info("read %s: no records in %d shard(s)", what, len(files))
         return CSR(np.zeros(nrows + 1, np.int64), np.zeros(0), np.zeros(0), (nrows, ncols))

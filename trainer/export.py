@@ -16,15 +16,24 @@ r"""The serving SavedModel: raw IDs in, raw IDs out, fold-in for new users.
 ``fold_in``
     ``content_ids: string[N]``, ``ratings: float32[N]``, ``k: int32[]`` → ``embedding:
     float32[F]``, ``content_ids: string[k']``, ``scores``, ``count: int32[]``,
-    ``unknown_items: int32[]``. The new user's factor is the exact least-squares row solve
-    against the trained item factors (``trainer.wals``, row weight ρ = 1)::
+    ``unknown_items: int32[]``, ``clipped_ratings: int32[]``. The new user's factor is the
+    exact least-squares row solve against the trained item factors (``trainer.wals``, row
+    weight ρ = 1)::
 
         (w0 VᵀV + λ I + Σ_j (W_j − w0) v_j v_jᵀ) u = Σ_j W_j A_j v_j
 
-    with ``W_j, A_j`` from the training objective (``trainer.weights``). Unknown contentIds are
-    ignored and counted in ``unknown_items``; repeated ones have their ratings summed; the
-    given items are left out of the recommendations. NaN/inf ratings or ``k < 1`` raise
-    ``InvalidArgumentError``.
+    with ``W_j, A_j`` from the training objective (``trainer.weights``), solved in float64.
+    Unknown contentIds are ignored and counted in ``unknown_items``; repeated ones have their
+    ratings summed; the given items are left out of the recommendations.
+
+    Ratings are engagement scores in ``[0, cap]``, ``cap`` = the largest rating the training
+    data can hold (``metadata.json``'s ``rating.cap``, else the largest training rating).
+    A (summed) rating above ``cap`` is clipped to ``cap`` and counted in
+    ``clipped_ratings``: the model was fitted on that range, and far larger values (a
+    confidence ``1 + α·1e8``) make the normal equations too ill-conditioned to solve —
+    before this clip a rating of 1e8 gave a NaN embedding. NaN/inf or negative ratings and
+    ``k < 1`` raise ``InvalidArgumentError``; so would a non-finite solution (it cannot
+    happen with clipped ratings, but the signature refuses rather than return NaN).
 """
 from __future__ import annotations
 
@@ -49,15 +58,40 @@ def build_module(
     col_weights: np.ndarray,
     weighting: Weighting,
     regularization: float,
+    rating_cap: float,
 ) -> Any:
+    """The ``tf.Module`` that :func:`export_saved_model` saves (module doc).
+
+    Parameters
+    ----------
+    user_factors, item_factors : ndarray
+        The trained factors (nusers × F, nitems × F).
+    user_vocab_file, item_vocab_file : str
+        Vocabulary files (line i = raw ID of dense ID i), saved as assets.
+    user_items : CSR
+        The training matrix: each user's items are left out of their recommendations.
+    col_weights : ndarray
+        Per-item weights ``c_j`` of the ``wals`` objective.
+    weighting : Weighting
+        The training objective's weights (fold-in uses the same).
+    regularization : float
+        λ.
+    rating_cap : float
+        Finite, > 0: fold-in ratings above it are clipped to it.
+    """
     import tensorflow as tf
+
+    if not (np.isfinite(rating_cap) and rating_cap > 0):
+        raise ValueError(f"rating_cap must be finite and > 0, got {rating_cap}")
 
     item_users = user_items.transpose()
     w0 = float(weighting.w0)
     lam = float(regularization)
     objective = weighting.objective
     alpha, eps, conf = float(weighting.alpha), float(weighting.epsilon), weighting.confidence
+    cap = float(rating_cap)
     ninf = tf.constant(-np.inf, tf.float32)
+    v64 = item_factors.astype(np.float64)
 
     def text_tables(path: str) -> tuple[Any, Any]:
         asset = tf.saved_model.Asset(path)
@@ -82,12 +116,8 @@ def build_module(
             super().__init__(name="wals_recommender")
             self.user_factors = tf.Variable(user_factors.astype(np.float32), trainable=False)
             self.item_factors = tf.Variable(item_factors.astype(np.float32), trainable=False)
-            self.item_gram = tf.Variable(
-                (item_factors.astype(np.float64).T @ item_factors.astype(np.float64)).astype(
-                    np.float32
-                ),
-                trainable=False,
-            )
+            # the fold-in solves in float64: VᵀV kept in float64 too
+            self.item_gram = tf.Variable(v64.T @ v64, trainable=False)
             self.col_weights = tf.Variable(np.asarray(col_weights, np.float32), trainable=False)
             self.user_seen_splits = tf.Variable(user_items.indptr, trainable=False)
             self.user_seen = tf.Variable(user_items.indices.astype(np.int64), trainable=False)
@@ -150,29 +180,40 @@ def build_module(
                 tf.shape(content_ids), tf.shape(ratings),
                 message="content_ids and ratings must have the same length",
             )
-            tf.debugging.assert_all_finite(ratings, "NaN/inf ratings refused")
+            # the returned tensors are used, so the checks can never be pruned from the graph
+            ratings = tf.debugging.assert_all_finite(ratings, "fold_in: NaN/inf ratings refused")
+            tf.debugging.assert_non_negative(
+                ratings, message="fold_in: negative ratings refused (ratings are >= 0)"
+            )
             ids = self.item_to_id.lookup(content_ids)
             known = ids >= 0
             unknown = tf.reduce_sum(tf.cast(tf.logical_not(known), tf.int32))
             uniq, pos = tf.unique(tf.boolean_mask(ids, known))
-            r = tf.math.unsorted_segment_sum(tf.boolean_mask(ratings, known), pos, tf.size(uniq))
+            # float64 sum: float32 maxima summed do not overflow to inf
+            r = tf.math.unsorted_segment_sum(
+                tf.cast(tf.boolean_mask(ratings, known), tf.float64), pos, tf.size(uniq)
+            )
+            clipped = tf.reduce_sum(tf.cast(r > cap, tf.int32))
+            r = tf.minimum(r, cap)  # the range the model was trained on (module doc)
             if objective == "wals":
-                w = w0 + tf.gather(self.col_weights, uniq)
+                w = w0 + tf.cast(tf.gather(self.col_weights, uniq), tf.float64)
                 a = r
             else:
-                tf.debugging.assert_non_negative(r, "implicit objective needs ratings >= 0")
                 f = r if conf == "linear" else tf.math.log1p(r / eps)
                 w = 1.0 + alpha * f
-                a = tf.cast(r > 0, tf.float32)
-            x = tf.gather(self.item_factors, uniq)  # (n, F)
+                a = tf.cast(r > 0, tf.float64)
+            # float64: with large confidences a float32 Cholesky loses positive definiteness
+            x = tf.cast(tf.gather(self.item_factors, uniq), tf.float64)  # (n, F)
             nf = tf.shape(self.item_factors)[1]
             m = (
                 w0 * self.item_gram
-                + lam * tf.eye(nf)
+                + lam * tf.eye(nf, dtype=tf.float64)
                 + tf.linalg.matmul(x * (w - w0)[:, None], x, transpose_a=True)
             )
             b = tf.linalg.matvec(x, w * a, transpose_a=True)
-            u = tf.linalg.cholesky_solve(tf.linalg.cholesky(m), b[:, None])[:, 0]
+            u64 = tf.linalg.cholesky_solve(tf.linalg.cholesky(m), b[:, None])[:, 0]
+            u = tf.cast(u64, tf.float32)
+            u = tf.debugging.assert_all_finite(u, "fold_in: the solve gave a non-finite embedding")
             coords = tf.stack([tf.zeros_like(uniq), uniq], axis=1)
             ids_k, vals, count = self._top(u[None, :], self.item_factors, coords, k)
             return {
@@ -181,6 +222,7 @@ def build_module(
                 "scores": vals[0],
                 "count": count[0],
                 "unknown_items": unknown,
+                "clipped_ratings": clipped,
             }
 
     return Recommender()

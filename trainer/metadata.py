@@ -6,6 +6,8 @@ returns them resolved (local paths or ``gs://`` URLs).
 from __future__ import annotations
 
 import json
+import math
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,9 @@ class Metadata:
     # [] and None when the preprocessing made no split (or predates it)
     test_items_for_user: list[str] = field(default_factory=list)
     split: dict[str, Any] | None = None
+    # the largest rating the preprocessing produces (the "rating" block's cap); None when
+    # metadata.json has no rating block (outputs that predate it)
+    rating_cap: float | None = None
 
 
 def metadata_path(input_path: str) -> str:
@@ -44,17 +49,40 @@ def metadata_path(input_path: str) -> str:
     return fileio.join(input_path, records.METADATA_FILE)
 
 
+def _no_constants(name: str) -> Any:
+    """``json.loads`` hook for ``NaN``, ``Infinity``, ``-Infinity`` (not JSON, but Python's
+    parser accepts them): no number in metadata.json may be non-finite."""
+    raise TrainerInputError(f"non-finite number {name}")
+
+
+def _positive_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and v > 0)
+
+
 def load_metadata(input_path: str) -> Metadata:
+    """Reads and checks ``metadata.json`` (``input_path``: its directory or the file).
+
+    Raises
+    ------
+    TrainerInputError
+        Missing, a directory, not JSON, a non-finite number, or a field that is missing,
+        of the wrong type or out of range (the message names the file and the field).
+    """
     path = metadata_path(input_path)
     if not fileio.exists(path):
         raise TrainerInputError(
             f"missing {path}: --input_path must be the preprocessing output directory "
             f"(the one holding {records.METADATA_FILE})"
         )
+    if fileio.isdir(path):
+        raise TrainerInputError(f"{path} is a directory; expected the {records.METADATA_FILE} file")
     try:
-        raw = json.loads(fileio.read_text(path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raw = json.loads(fileio.read_text(path), parse_constant=_no_constants)
+    except json.JSONDecodeError as e:
         raise TrainerInputError(f"{path} is not valid JSON: {e}") from e
+    except TrainerInputError as e:
+        raise TrainerInputError(f"{path}: {e} (JSON numbers must be finite)") from e
     if not isinstance(raw, dict):
         raise TrainerInputError(f"{path}: expected a JSON object")
     root = fileio.dirname(path)
@@ -79,6 +107,9 @@ def load_metadata(input_path: str) -> Metadata:
         missing = [f for f in files if not fileio.exists(f)]
         if missing:
             raise TrainerInputError(f"{path}: '{name}' lists missing shard(s): {missing[:3]}")
+        dirs = [f for f in files if fileio.isdir(f)]
+        if dirs:
+            raise TrainerInputError(f"{path}: '{name}' lists a directory, not a shard file: {dirs[0]}")
         return files
 
     def get_optional_files(name: str) -> list[str]:
@@ -92,6 +123,25 @@ def load_metadata(input_path: str) -> Metadata:
     split = raw.get("split")
     if split is not None and not isinstance(split, dict):
         raise TrainerInputError(f"{path}: 'split' must be a JSON object, got {split!r}")
+
+    # median_duration only scales ratings in the preprocessing; a non-finite or non-positive
+    # one means the ratings themselves are suspect
+    if "median_duration" in raw and not _positive_number(raw["median_duration"]):
+        raise TrainerInputError(
+            f"{path}: 'median_duration' must be a finite number > 0, got {raw['median_duration']!r}"
+        )
+    rating_cap = None
+    rating = raw.get("rating")
+    if rating is not None:
+        if not isinstance(rating, dict) or not _positive_number(rating.get("cap")):
+            raise TrainerInputError(
+                f"{path}: 'rating' must be an object with a finite 'cap' > 0, got {rating!r}"
+            )
+        if "scale" in rating and not _positive_number(rating["scale"]):
+            raise TrainerInputError(
+                f"{path}: rating 'scale' must be a finite number > 0, got {rating['scale']!r}"
+            )
+        rating_cap = float(rating["cap"])
 
     compression = raw.get("record_compression", "NONE")
     if compression not in _COMPRESSION:
@@ -111,14 +161,33 @@ def load_metadata(input_path: str) -> Metadata:
         raw=raw,
         test_items_for_user=get_optional_files(records.TEST_ITEMS_FOR_USER),
         split=split,
+        rating_cap=rating_cap,
     )
     return md
 
 
+def _bad_id_character(name: str) -> str | None:
+    """The first character that may not be in a raw ID: a tab, line break or other control
+    character (the rule of ``preprocess/ids.py``, which drops such IDs). ``batch_pred.txt`` is
+    tab-separated and line-based, so an ID holding one would corrupt it."""
+    if name.isprintable():  # the common case, in C: no control character, no line separator
+        return None
+    for ch in name:
+        if unicodedata.category(ch) in ("Cc", "Cs") or ch in "\u2028\u2029":
+            return ch
+    return None
+
+
 def read_vocabulary(path: str, expected_size: int, what: str) -> list[str]:
-    """Line ``i`` (0-based) is the raw ID of dense ID ``i``. Checks the size and uniqueness."""
+    """Line ``i`` (0-based) is the raw ID of dense ID ``i``.
+
+    Checks the size, uniqueness, no empty line, UTF-8, and that no ID holds a tab, line break
+    or other control character (see :func:`_bad_id_character`).
+    """
     if not fileio.exists(path):
         raise TrainerInputError(f"missing {what} vocabulary file {path}")
+    if fileio.isdir(path):
+        raise TrainerInputError(f"{what} vocabulary {path} is a directory, not a file")
     text = fileio.read_text(path)
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -131,4 +200,12 @@ def read_vocabulary(path: str, expected_size: int, what: str) -> list[str]:
         raise TrainerInputError(f"{what} vocabulary {path} has duplicate IDs")
     if any(line == "" for line in lines):
         raise TrainerInputError(f"{what} vocabulary {path} has an empty line")
+    for i, line in enumerate(lines):
+        ch = _bad_id_character(line)
+        if ch is not None:
+            kind = "a tab" if ch == "\t" else f"the control character {ch!r}"
+            raise TrainerInputError(
+                f"{what} vocabulary {path} line {i + 1} holds {kind}: IDs may not contain tabs, "
+                "line breaks or control characters (the preprocessing drops such IDs)"
+            )
     return lines

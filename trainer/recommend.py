@@ -1,4 +1,4 @@
-"""Batched top-k recommendation and the ``batch_pred.txt`` writer.
+"""Batched top-k recommendation and the ``batch_pred.txt`` writer and reader.
 
 For query factors ``Q`` (users, or items for targeting) and target factors ``T``::
 
@@ -12,6 +12,13 @@ every score ties at 0) gets no recommendations: all its slots are −1 / −inf.
 
 The work runs on the accelerator when there is one, a block of queries at a time (never one
 query at a time); the block size keeps ``B × ntargets`` scores under ``max_scores`` floats.
+
+``batch_pred.txt`` (and ``batch_pred_users.txt``) is UTF-8 text, one line per query in dense
+ID order, fields separated by tabs: ``query<TAB>target<TAB>target...``, best first. A query
+without recommendations has a line holding only its ID (no trailing tab). The format is
+unambiguous because raw IDs never contain a tab or a line break: the preprocessing drops such
+IDs and :func:`trainer.metadata.read_vocabulary` refuses them. Commas, spaces, quotes and
+non-ASCII text are ordinary ID characters.
 """
 from __future__ import annotations
 
@@ -111,12 +118,19 @@ def write_batch_predictions(
     batch_size: int = 1024,
     device: str | None = None,
 ) -> int:
-    """Writes ``query_name<TAB>target,target,...`` (best first) for every query row, in dense
-    ID order; returns the number of lines. Written through a temporary file + rename."""
+    """Writes ``query_name<TAB>target<TAB>target...`` (best first, module doc) for every query
+    row, in dense ID order; returns the number of lines.
+
+    ``N`` above the number of targets is clamped to it (a longer list cannot exist, and the
+    buffers grow with ``N``). Written through a temporary file + rename.
+    """
     import tensorflow as tf
 
     if len(query_names) != queries.shape[0] or len(target_names) != targets.shape[0]:
         raise TrainerInputError("vocabulary sizes do not match the factor matrices")
+    if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
+        raise TrainerInputError(f"N (--topk) must be an integer >= 1, got {N!r}")
+    N = int(min(N, max(targets.shape[0], 1)))
     names = np.asarray(target_names, dtype=object)
     nq = queries.shape[0]
     step = max(1, batch_size * 16)
@@ -132,7 +146,7 @@ def write_batch_predictions(
             lines = []
             for r in range(e - s):
                 row = ids[r]
-                lines.append(query_names[s + r] + "\t" + ",".join(names[row[row >= 0]]) + "\n")
+                lines.append("\t".join([query_names[s + r], *names[row[row >= 0]]]) + "\n")
             f.write("".join(lines))
     tf.io.gfile.rename(tmp, path, overwrite=True)
     log.info("wrote %d lines to %s", nq, path)
@@ -140,9 +154,16 @@ def write_batch_predictions(
 
 
 def read_batch_predictions(path: str) -> dict[str, list[str]]:
-    """Parses a ``batch_pred.txt`` back into ``{query: [targets best first]}``."""
+    """Parses a ``batch_pred.txt`` back into ``{query: [targets best first]}``.
+
+    Lines are split on ``\\n`` only (not :meth:`str.splitlines`, which also breaks at
+    characters such as U+0085 that the file format does not treat as line ends), fields on
+    ``\\t``.
+    """
+    text = fileio.read_text(path)
     out: dict[str, list[str]] = {}
-    for line in fileio.read_text(path).splitlines():
-        q, _, rest = line.partition("\t")
-        out[q] = rest.split(",") if rest else []
+    for line in text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"):
+        if line:
+            q, *targets = line.split("\t")
+            out[q] = targets
     return out

@@ -4,8 +4,13 @@
 
 ``--input_path`` is the preprocessing output directory (holding ``metadata.json``) or the
 ``metadata.json`` file; both paths may be local or ``gs://``. See ``docs/TRAINER.md`` for the
-flags and the files written to ``--output_dir``. Exit status 2 on bad input (the message says
-what is wrong), 0 on success.
+flags and the files written to ``--output_dir``. Exit status 2 on bad input, with one
+``error:`` line saying what is wrong and where; 0 on success.
+
+``--output_dir`` is the trainer's own: it is marked at the first run, a non-empty directory
+without the mark is refused, the directory is locked for the whole run
+(:func:`trainer.fileio.claim_output_dir`), and the outputs of an earlier run are removed at
+the start (:func:`_remove_earlier_outputs`), so every file there belongs to this run.
 """
 from __future__ import annotations
 
@@ -13,16 +18,18 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+import zipfile
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 import numpy as np
 
 from trainer import __version__, fileio
-from trainer.errors import TrainerInputError
+from trainer.errors import TrainerInputError, one_line
 
 if TYPE_CHECKING:  # annotations only: task.py stays cheap to import for --help
     from trainer.checkpoint import Checkpointer
@@ -39,12 +46,34 @@ BATCH_PRED_USERS = "batch_pred_users.txt"
 EXPORT_DIR = "export"
 VOCAB_DIR = "vocab"
 METRICS = "metrics.json"
+TENSORBOARD_DIR = "tensorboard"
+CHECKPOINT_DIR = "checkpoint"  # = trainer.checkpoint.CHECKPOINT_DIR (not imported: --help stays cheap)
 EVAL_STATE = "evaluation.json"  # in OUTPUT_DIR/checkpoint: evaluations so far, for --resume
 BEST_FACTORS = "best_factors-{:05d}.npz"  # in OUTPUT_DIR/checkpoint: early stopping's best sweep
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (argparse's own prints the multi-line usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
+
+
+# float flags: (name, lowest allowed, whether the lowest itself is allowed); all must be finite
+_FLOAT_FLAGS = (
+    ("regularization", 0.0, False), ("unobserved_weight", 0.0, True), ("alpha", 0.0, True),
+    ("epsilon", 0.0, False), ("col_weight_factor", 0.0, True), ("col_weight_exp", -math.inf, True),
+)
+_INT_FLAGS = (
+    ("num_epochs", 1), ("n_embeds", 1), ("topk", 1), ("batch_size", 1), ("cg_steps", 1),
+    ("eval_k", 1), ("eval_every", 0), ("early_stopping_patience", 1), ("seed", 0),
+)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    """The command line, checked: every numeric flag finite and in range (else one line on
+    stderr and exit status 2, before anything is read)."""
+    p = _Parser(
         prog="python -m trainer.task",
         description="Train a WALS recommender on the preprocessing output (metadata.json + "
         "TFRecord shards).",
@@ -78,6 +107,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     s.add_argument("--seed", type=int, default=0, help="seed of the initial factors")
     s.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="solver precision (outputs are float32)")
     s.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint (same flags and data required)")
+    s.add_argument("--break_lock", action="store_true",
+                   help="gs:// only: take over an output dir whose lock object a killed job left behind")
 
     e = p.add_argument_group("held-out evaluation (when metadata.json names test_items_for_user shards)")
     e.add_argument("--eval_k", type=int, default=10, help="k of precision/recall/NDCG/MAP@k and coverage@k")
@@ -100,14 +131,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     o.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar on a terminal")
     o.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
-    for name, minimum in (("num_epochs", 1), ("n_embeds", 1), ("topk", 1), ("batch_size", 1), ("cg_steps", 1),
-                          ("eval_k", 1), ("eval_every", 0), ("early_stopping_patience", 1)):
+    for name, minimum in _INT_FLAGS:
         if getattr(args, name) < minimum:
             p.error(f"--{name} must be >= {minimum}, got {getattr(args, name)}")
-    if args.regularization <= 0:
-        p.error(f"--regularization must be > 0, got {args.regularization}")
-    if args.unobserved_weight < 0:
-        p.error(f"--unobserved_weight must be >= 0, got {args.unobserved_weight}")
+    for name, low, inclusive in _FLOAT_FLAGS:
+        v = getattr(args, name)
+        if not math.isfinite(v):
+            p.error(f"--{name} must be a finite number, got {v}")
+        if v < low or (v == low and not inclusive):
+            p.error(f"--{name} must be {'>=' if inclusive else '>'} {low:g}, got {v:g}")
     return args
 
 
@@ -269,7 +301,14 @@ class _HeldOut:
 
         path = fileio.join(self.ckpt_dir, EVAL_STATE)
         if fileio.exists(path):
-            saved = json.loads(fileio.read_text(path))
+            try:
+                saved = json.loads(fileio.read_text(path))
+                ok = isinstance(saved, dict) and isinstance(saved.get("evaluations"), list) and all(
+                    isinstance(e, dict) and isinstance(e.get("sweep"), int) for e in saved["evaluations"])
+            except (TrainerInputError, ValueError) as e:
+                raise _corrupt_checkpoint(path, str(e)) from e
+            if not ok:
+                raise _corrupt_checkpoint(path, "not the expected object")
             if saved.get("fingerprint") != self.fingerprint:
                 raise TrainerInputError(
                     f"{path} was written with other evaluation flags or held-out data; use a "
@@ -284,8 +323,15 @@ class _HeldOut:
             path = fileio.join(self.ckpt_dir, BEST_FACTORS.format(b))
             if not fileio.exists(path):
                 raise TrainerInputError(f"missing {path} (factors of the best evaluated sweep)")
-            arrays = fileio.load_npz(path)
-            self.best = (b, arrays["user_factors"], arrays["item_factors"])
+            try:
+                arrays = fileio.load_npz(path)
+                u, v = arrays["user_factors"], arrays["item_factors"]
+            except (TrainerInputError, OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+                raise _corrupt_checkpoint(path, str(e)) from e
+            if (u.shape != st.user_factors.shape or v.shape != st.item_factors.shape
+                    or not (np.all(np.isfinite(u)) and np.all(np.isfinite(v)))):
+                raise _corrupt_checkpoint(path, "wrong shapes or NaN/inf factors")
+            self.best = (b, u, v)
         log.info("--resume: %d earlier evaluation(s) restored", len(self.evaluations))
         self.after_sweep(st)
 
@@ -341,6 +387,13 @@ class _HeldOut:
         }
 
 
+def _corrupt_checkpoint(path: str, why: str) -> TrainerInputError:
+    return TrainerInputError(
+        f"--resume: {path} is unusable ({why}); run without --resume to start over "
+        "(this replaces the checkpoint)"
+    )
+
+
 def _remove(path: str) -> None:
     import tensorflow as tf
 
@@ -352,14 +405,12 @@ def _fmt(m: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """The whole job; returns the summary written to ``training_summary.json``."""
-    import tensorflow as tf
+    """The whole job; returns the summary written to ``training_summary.json``.
 
-    from trainer import checkpoint, export, recommend
-    from trainer.data import load_test_data, load_training_data
+    Checks metadata.json and the vocabularies, claims ``--output_dir`` (marker + lock, held
+    until the end), removes an earlier run's outputs there, then reads, trains and writes.
+    """
     from trainer.metadata import load_metadata, read_vocabulary
-    from trainer.wals import WALSModel, default_device
-    from trainer.weights import Weighting
 
     t_start = time.perf_counter()
     md = load_metadata(args.input_path)
@@ -370,6 +421,69 @@ def run(args: argparse.Namespace) -> dict:
         )
     users = read_vocabulary(md.user_vocabulary, md.nusers, "user")
     items = read_vocabulary(md.item_vocabulary, md.nitems, "item")
+    if md.test_items_for_user and args.eval_k > md.nitems:
+        raise TrainerInputError(
+            f"--eval_k {args.eval_k} is more than the {md.nitems} items: metrics@k are only "
+            "defined for k <= nitems"
+        )
+    # a list cannot be longer than the catalogue, and the top-k buffers grow with k
+    topk_items = _clamp_topk(args.topk, md.nitems, "items")
+    topk_users = _clamp_topk(args.topk, md.nusers, "users") if args.predict_users_for_items else None
+
+    # before the long read: a second trainer on this dir stops here, at once
+    with fileio.claim_output_dir(args.output_dir, args.break_lock) as lock:
+        _remove_earlier_outputs(args.output_dir, args.resume)
+        return _train_and_write(args, md, users, items, topk_items, topk_users, lock, t_start)
+
+
+def _clamp_topk(topk: int, n: int, what: str) -> int:
+    if topk <= n:
+        return topk
+    log.info("--topk %d is more than the %d %s: clamped to %d", topk, n, what, n)
+    return n
+
+
+def _remove_earlier_outputs(out: str, resume: bool) -> None:
+    """Removes what an earlier run wrote to ``out`` (the trainer's claimed dir), so that no
+    output of it survives next to this run's: exactly the names this module writes, plus
+    their half-written ``.tmp`` files; with ``--resume`` the checkpoint and the TensorBoard
+    log (which the resumed run continues) stay. Other files in the dir are left alone."""
+    names = [ROW_FACTORS, COL_FACTORS, SUMMARY, METRICS, BATCH_PRED, BATCH_PRED_USERS]
+    names += [n + ".tmp" for n in names] + [EXPORT_DIR, VOCAB_DIR]
+    if not resume:
+        names += [CHECKPOINT_DIR, TENSORBOARD_DIR]
+    removed = [n for n in names if fileio.remove_path(fileio.join(out, n))]
+    if removed:
+        log.info("removed the outputs of an earlier run in %s: %s", out, ", ".join(removed))
+
+
+def _rating_cap(md: Any, user_items: CSR) -> tuple[float, str]:
+    """The largest rating the model was trained on (fold-in clips to it), and its source."""
+    top = float(user_items.values.max())
+    if md.rating_cap is not None:
+        if top > md.rating_cap:
+            log.warning("training ratings reach %g, above metadata.json's rating cap %g: "
+                        "using %g", top, md.rating_cap, top)
+            return top, "largest training rating"
+        return md.rating_cap, "metadata.json rating.cap"
+    if not top > 0:
+        raise TrainerInputError("every training rating is <= 0: the ratings are engagement "
+                                "scores >= 0 with some > 0")
+    return top, "largest training rating"
+
+
+def _train_and_write(
+    args: argparse.Namespace, md: Any, users: list[str], items: list[str], topk_items: int,
+    topk_users: int | None, lock: fileio.OutputDirLock, t_start: float,
+) -> dict:
+    """:func:`run` once the output dir is claimed: read, train, write."""
+    import tensorflow as tf
+
+    from trainer import checkpoint, export, recommend
+    from trainer.data import load_test_data, load_training_data
+    from trainer.wals import WALSModel, default_device
+    from trainer.weights import Weighting
+
     data = load_training_data(md)
     test = load_test_data(md, data.user_items)
     t_read = time.perf_counter() - t_start
@@ -414,7 +528,7 @@ def run(args: argparse.Namespace) -> dict:
     log.info("device: %s (GPUs visible: %s)", device, tf.config.list_physical_devices("GPU"))
 
     out = args.output_dir
-    fileio.makedirs(out)
+    rating_cap, rating_cap_source = _rating_cap(md, data.user_items)
     hp = dict(model.hyperparameters(), num_epochs=args.num_epochs)
     fingerprint = checkpoint.config_fingerprint(
         {k: v for k, v in hp.items() if k != "num_epochs"},
@@ -423,7 +537,7 @@ def run(args: argparse.Namespace) -> dict:
     ckpt = checkpoint.Checkpointer(out, fingerprint)
     state = None
     if args.resume:
-        state = ckpt.load()
+        state = ckpt.load(((md.nusers, args.n_embeds), (md.nitems, args.n_embeds)))
         if state is None:
             log.info("--resume: no checkpoint in %s, starting from scratch", ckpt.dir)
         else:
@@ -433,7 +547,7 @@ def run(args: argparse.Namespace) -> dict:
                     f"checkpoint has {state.sweeps_done} sweeps, more than --num_epochs={args.num_epochs}"
                 )
 
-    tb_dir = args.tensorboard_dir or os.environ.get("AIP_TENSORBOARD_LOG_DIR") or fileio.join(out, "tensorboard")
+    tb_dir = args.tensorboard_dir or os.environ.get("AIP_TENSORBOARD_LOG_DIR") or fileio.join(out, TENSORBOARD_DIR)
     writer = tf.summary.create_file_writer(tb_dir)
     heldout = None if test is None else _HeldOut(args, data.user_items, test, md.split, ckpt, writer)
     if heldout is not None and state is None:
@@ -446,6 +560,7 @@ def run(args: argparse.Namespace) -> dict:
         log.info("--resume: early stopping had ended the run after sweep %d", epochs)
 
     def on_sweep(st: TrainingState) -> bool:
+        lock.check()  # gs://: stop before writing if another run took the dir over
         h = st.history[-1]
         log.info(
             "sweep %d/%d: loss=%.6g rwse=%.6g (%.2f s)",
@@ -466,12 +581,14 @@ def run(args: argparse.Namespace) -> dict:
     )
     t_fit = time.perf_counter() - t_fit
 
+    lock.check()
     evaluation = None
     if heldout is not None:
         t_eval = time.perf_counter()
         evaluation = heldout.finish(model)  # with early stopping: model now has the best factors
         fileio.write_json(fileio.join(out, METRICS), evaluation)
         t_eval = time.perf_counter() - t_eval
+    writer.close()  # the event file is complete before the lock is given up
 
     fileio.save_npy(fileio.join(out, ROW_FACTORS), model.user_factors.astype("float32"))
     fileio.save_npy(fileio.join(out, COL_FACTORS), model.item_factors.astype("float32"))
@@ -486,13 +603,13 @@ def run(args: argparse.Namespace) -> dict:
     if args.batch_pred:
         recommend.write_batch_predictions(
             fileio.join(out, BATCH_PRED), model.user_factors, model.item_factors, users, items,
-            args.topk, exclude=data.user_items if args.filter_seen else None,
+            topk_items, exclude=data.user_items if args.filter_seen else None,
             batch_size=args.batch_size,
         )
     if args.predict_users_for_items:
         recommend.write_batch_predictions(
             fileio.join(out, BATCH_PRED_USERS), model.item_factors, model.user_factors, items,
-            users, args.topk, exclude=data.item_users if args.filter_seen else None,
+            users, topk_users, exclude=data.item_users if args.filter_seen else None,
             batch_size=args.batch_size,
         )
     t_pred = time.perf_counter() - t_pred
@@ -500,7 +617,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.export:
         module = export.build_module(
             model.user_factors, model.item_factors, user_vocab, item_vocab, data.user_items,
-            model.col_weights, weighting, args.regularization,
+            model.col_weights, weighting, args.regularization, rating_cap,
         )
         export.export_saved_model(fileio.join(out, EXPORT_DIR), module)
 
@@ -515,6 +632,8 @@ def run(args: argparse.Namespace) -> dict:
             "nusers": md.nusers,
             "nitems": md.nitems,
             "ninteractions": data.user_items.nnz,
+            "rating_cap": rating_cap,  # fold-in clips ratings to it
+            "rating_cap_source": rating_cap_source,
         },
         "final": {k: final[k] for k in ("sweep", "loss", "unregularized_loss", "rwse", "sum_weights")},
         "history": model.history,
@@ -539,6 +658,7 @@ def run(args: argparse.Namespace) -> dict:
             "row_factors": ROW_FACTORS,
             "col_factors": COL_FACTORS,
             "batch_pred": BATCH_PRED if args.batch_pred else None,
+            "topk": topk_items,  # --topk, clamped to the number of items
             "batch_pred_users": BATCH_PRED_USERS if args.predict_users_for_items else None,
             "export": EXPORT_DIR if args.export else None,
             "metrics": METRICS if evaluation else None,
@@ -563,8 +683,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(args)
     except TrainerInputError as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
+        # one line on stderr (not also a log record: the log goes to stderr too)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     return 0
 
