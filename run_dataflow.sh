@@ -7,35 +7,89 @@
 #   ./run_dataflow.sh --help               every flag
 #
 # Flags other than the ones below go to `python -m preprocess` unchanged.
-#   --dry_run              print the command instead of running it
+#   --dry_run              print the commands (anywhere on the line); installs and runs nothing
 #   --skip_training        local run: stop after preprocessing (also skipped with your own --output_dir)
+# Relative local paths (--input, --output_dir, --setup_file, --temp_location, ...; --flag VALUE
+# or --flag=VALUE) are relative to the directory you call the script from; gs:// and other
+# URLs and absolute paths are passed as they are. The commands run in the repository.
 # On Dataflow the workers install this package from --setup_file (added for you), or use a
 # custom worker image given with --sdk_container_image (see Dockerfile), which starts faster.
 set -euo pipefail
-cd "$(dirname "$0")"
+die() { echo "run_dataflow.sh: $*" >&2; exit 2; }
+CALLER_PWD="$PWD"
+REPO="$(cd "$(dirname "$0")" && pwd)"
 
 SAMPLE=data/ga_sample/ga_sessions_sample.json
 LOCAL_OUTPUT=output/preprocess
 LOCAL_MODEL=output/model
 
+# Flags whose values are local paths when they are not URLs: a relative one is resolved against
+# the directory the script was called from (the script itself runs in the repository).
+PATH_FLAGS=" input output_dir setup_file temp_location staging_location requirements_file extra_package \
+requirements_cache template_location dataflow_job_file profile_location file_to_stage artifacts_dir \
+output_executable_path sdk_location "
+is_path_flag() { [[ "$PATH_FLAGS" == *" $1 "* ]]; }
+abspath() {  # abspath FLAG VALUE: VALUE, absolute if it is a relative local path
+  local v="$2"
+  case "$v" in
+    "" | /* | *://*) ;;                                  # absolute, gs://, s3://, http://, ...
+    default | container) [ "$1" = sdk_location ] || v="$CALLER_PWD/$v" ;;  # Beam's keywords
+    "~") v="$HOME" ;;
+    "~/"*) v="$HOME/${v#\~/}" ;;
+    *) while [[ "$v" == ./* ]]; do v="${v#./}"; done
+       v="$CALLER_PWD/$v" ;;
+  esac
+  printf '%s' "${v%/.}"
+}
+
 dry_run=0
 skip_training=0
+show_help=0
 runner=""
 args=()
+# --dry_run anywhere means: print the commands, install and run nothing.
+for a in "$@"; do [ "$a" = --dry_run ] && dry_run=1; done
 while [ $# -gt 0 ]; do
   case "$1" in
-    --dry_run) dry_run=1 ;;
+    --dry_run) ;;
     --skip_training) skip_training=1 ;;
-    --runner) runner="$2"; args+=("$1" "$2"); shift ;;
-    --runner=*) runner="${1#--runner=}"; args+=("$1") ;;
-    -h|--help)
-      sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
-      [ -x .venv/bin/python ] || ./install.sh >&2
-      exec .venv/bin/python -m preprocess --help ;;
+    -h|--help) show_help=1 ;;
+    --*=*)
+      name="${1%%=*}"; name="${name#--}"; value="${1#*=}"
+      [ "$name" = runner ] && runner="$value"
+      if is_path_flag "$name"; then
+        [ -n "$value" ] || die "--$name needs a value"
+        args+=("--$name=$(abspath "$name" "$value")")
+      else
+        args+=("$1")
+      fi ;;
+    --*)
+      name="${1#--}"
+      if [ "$name" = runner ] || is_path_flag "$name"; then
+        [ $# -ge 2 ] && [ -n "$2" ] && [[ "$2" != --* ]] || die "--$name needs a value"
+        value="$2"; shift
+        [ "$name" = runner ] && runner="$value"
+        is_path_flag "$name" && value="$(abspath "$name" "$value")"
+        args+=("--$name" "$value")
+      else
+        args+=("$1")
+      fi ;;
     *) args+=("$1") ;;
   esac
   shift
 done
+cd "$REPO"
+
+if [ "$show_help" = 1 ]; then
+  sed -n '2,20p' "$REPO/$(basename "$0")" | sed 's/^# \{0,1\}//'
+  if [ ! -x .venv/bin/python ]; then
+    if [ "$dry_run" = 1 ]; then
+      echo "(dry run: ./install.sh not run; the list of every flag needs it)"; exit 0
+    fi
+    ./install.sh >&2
+  fi
+  exec .venv/bin/python -m preprocess --help
+fi
 
 has_flag() {  # has_flag NAME: is --NAME among the passed flags?
   local a
@@ -48,6 +102,7 @@ has_flag() {  # has_flag NAME: is --NAME among the passed flags?
 run() {
   if [ "$dry_run" = 1 ]; then printf '%q ' "$@"; echo; else "$@"; fi
 }
+[ "$dry_run" = 0 ] || echo "(dry run: nothing is installed or run; the commands run in $REPO)" >&2
 
 if [ "$dry_run" = 0 ] && [ ! -x .venv/bin/python ]; then
   echo "First run: installing into ./.venv (about 3 minutes)..." >&2
@@ -84,12 +139,12 @@ own_output=0
 has_flag output_dir && own_output=1 || args+=(--output_dir "$LOCAL_OUTPUT")
 start=$SECONDS
 run "$PY" -m preprocess "${args[@]}"
-echo "Preprocessing took $((SECONDS - start)) s." >&2
+[ "$dry_run" = 1 ] || echo "Preprocessing took $((SECONDS - start)) s." >&2
 
 if [ "$skip_training" = 0 ] && [ "$own_output" = 0 ]; then
   start=$SECONDS
   run "$PY" -m trainer.task --input_path "$LOCAL_OUTPUT" --output_dir "$LOCAL_MODEL"  # tuned defaults
-  echo "Training took $((SECONDS - start)) s." >&2
+  [ "$dry_run" = 1 ] || echo "Training took $((SECONDS - start)) s." >&2
   if [ "$dry_run" = 0 ]; then
     echo
     echo "Outputs: $LOCAL_OUTPUT (TFRecords, vocabularies, metadata.json), $LOCAL_MODEL (factors, batch_pred.txt, metrics.json, export/)"

@@ -149,7 +149,7 @@ SPEC="$WORK/custom_job.yaml"
 #       PACKAGE_URI INPUT_PATH OUTPUT_DIR TRAINER_ARGS...
 # Exit status 2 with one line on stderr for bad flags; 3 when the trainer printed its --help.
 HELPER=$(cat <<'PY'
-import argparse, sys, types
+import contextlib, io, re, sys, types
 
 (mode, repo, out, kind, image, machine, acc_type, acc_count, package_uri,
  input_path, output_dir, *trainer) = sys.argv[1:]
@@ -179,22 +179,22 @@ except Exception as e:  # noqa: BLE001 - reported in one line
          f"({type(e).__name__}: {e}); set PYTHON to the project's .venv/bin/python")
 
 
-class FlagError(Exception):
-    pass
-
-
-def error(self, message):
-    raise FlagError(message)
-
-
-argparse.ArgumentParser.error = error
+# parse_args reports bad flags the argparse way: a message on stderr and SystemExit(2). The
+# message is taken from its last line, whatever parser class the trainer uses.
 job_args = ["--input_path=" + input_path, "--output_dir=" + output_dir, "--no_progress", *trainer]
+captured = io.StringIO()
 try:
-    ns = parse_args(job_args)
-except FlagError as e:
-    fail(f"bad trainer flags: {e} (python -m trainer.task --help lists them)")
-except SystemExit as e:  # --help / -h among the trainer flags: argparse printed the help
-    sys.exit(3 if e.code in (0, None) else 2)
+    with contextlib.redirect_stderr(captured):
+        ns = parse_args(job_args)
+except SystemExit as e:
+    if e.code in (0, None):  # --help / -h among the trainer flags: the help went to stdout
+        sys.exit(3)
+    lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+    message = re.sub(r"^.*?: error: ", "", lines[-1]) if lines else f"exit status {e.code}"
+    message = re.sub(r"\s*\(see --help\)$", "", message)
+    fail(f"bad trainer flags: {message} (python -m trainer.task --help lists them)")
+except Exception as e:  # noqa: BLE001 - reported in one line
+    fail(f"bad trainer flags: {type(e).__name__}: {e}")
 if ns.input_path != input_path or ns.output_dir != output_dir:
     fail("a trainer flag after -- sets --input_path/--output_dir; give those before --")
 if mode == "check":

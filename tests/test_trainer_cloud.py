@@ -17,6 +17,7 @@ import pathlib
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -40,6 +41,20 @@ DOCKERFILE = REPO / "Dockerfile.trainer"
 IMAGE = "europe-docker.pkg.dev/proj-1/ml/wals-trainer:0.1.0"
 PREBUILT = "us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest"
 BASE = ["--input_path", "gs://bkt/prep", "--output_dir", "gs://bkt/model", "--project", "proj-1"]
+
+
+def run_in_group(cmd, timeout, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run in a new session; on a timeout the whole process group is killed (the
+    scripts start children of their own)."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True, **kwargs) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 # ------------------------------------------------------------------------------ gcloud stand-in
 # Records every call (argv; the --config file's text; the uploaded file) and, when a real
@@ -159,8 +174,7 @@ class Cloud:
                 "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true"}
 
     def run(self, args, script=SCRIPT, **env) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(script), *args], capture_output=True, text=True,
-                              env={**self.env, **env}, timeout=300, cwd=self.dir)
+        return run_in_group(["bash", str(script), *args], 300, env={**self.env, **env}, cwd=self.dir)
 
     def calls(self) -> list[dict]:
         if not self.log.exists():
