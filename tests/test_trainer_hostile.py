@@ -275,13 +275,14 @@ def test_fold_in_extreme_ratings_equal_float64_closed_form(exported, objective, 
     assert int(r["clipped_ratings"].numpy()) == clipped
 
 
+@pytest.mark.parametrize("objective", ["implicit", "wals"])
 @pytest.mark.parametrize("bad,match", [
     (-0.5, "negative"), (float("nan"), "NaN"), (float("inf"), "NaN/inf"), (-float("inf"), "NaN/inf"),
 ])
-def test_fold_in_refuses_negative_and_non_finite_ratings(exported, bad, match):
+def test_fold_in_refuses_negative_and_non_finite_ratings(exported, objective, bad, match):
     import tensorflow as tf
 
-    m = tf.saved_model.load(str(exported[0] / "export"))
+    m = tf.saved_model.load(str(exported[0 if objective == "implicit" else 1] / "export"))
     with pytest.raises(tf.errors.InvalidArgumentError, match=match):
         m.signatures["fold_in"](content_ids=tf.constant([ITEMS[0], ITEMS[1]]),
                                 ratings=tf.constant([0.5, bad], tf.float32), k=tf.constant(3))
@@ -459,3 +460,37 @@ def test_corrupt_checkpoint_with_resume_is_one_line_and_exit_2(kind, checkpointe
     # without --resume the same dir trains from scratch (the broken checkpoint is replaced)
     assert _main(["--input_path", str(data_dir), "--output_dir", str(out), "--no_export", "--no_batch_pred",
                   *FAST]) == 0
+
+
+@pytest.mark.parametrize("kind", ["evaluation.json truncated", "evaluation.json a list", "best factors garbage",
+                                  "best factors NaN"])
+def test_corrupt_early_stopping_state_with_resume_is_one_line_and_exit_2(kind, tmp_path, capsys):
+    d = _dense()
+    test = np.zeros_like(d)
+    for i in range(NUSERS):  # one unseen item held out for every user that has one
+        free = np.flatnonzero(d[i] == 0)
+        if free.size and d[i].any():
+            test[i, free[0]] = 0.5
+    root = write_dataset(tmp_path / "split", d, USERS, ITEMS)
+    write_test_split(root, test)
+    out = tmp_path / "es"
+    argv = ["--input_path", str(root), "--output_dir", str(out), "--early_stopping_metric", "ndcg",
+            "--eval_k", "3", "--no_export", "--no_batch_pred", *FAST]
+    assert _main(argv) == 0
+    ckpt = out / "checkpoint"
+    best = sorted(ckpt.glob("best_factors-*.npz"))[-1]
+    if kind == "evaluation.json truncated":
+        (ckpt / "evaluation.json").write_text('{"fingerprint": "')
+    elif kind == "evaluation.json a list":
+        (ckpt / "evaluation.json").write_text("[]")
+    elif kind == "best factors garbage":
+        best.write_bytes(b"\x00" * 10)
+    else:
+        with np.load(best) as z:
+            u, v = z["user_factors"].copy(), z["item_factors"]
+        u[1, 1] = np.inf
+        np.savez(best, user_factors=u, item_factors=v)
+    capsys.readouterr()
+    assert _main([*argv, "--resume"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--resume" in line and "checkpoint" in line, line

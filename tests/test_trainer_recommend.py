@@ -13,7 +13,7 @@ _sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
 from trainer_fixtures import dense_weights, numpy_solve_rows, numpy_topk, random_ratings
 
 from trainer.errors import TrainerInputError
-from trainer.recommend import top_k
+from trainer.recommend import read_batch_predictions, top_k, write_batch_predictions
 from trainer.sparse import CSR
 from trainer.wals import WALSModel
 from trainer.weights import Weighting
@@ -47,6 +47,28 @@ def test_top_k_with_filter_equals_argsort(n, batch_size):
     ref = numpy_topk(q @ t.T, np.zeros_like(seen), n)
     ref[5] = []
     _check(ids, scores, ref, q, t)
+
+
+def test_write_batch_predictions_tab_format_and_n_above_the_targets(tmp_path):
+    """N larger than the catalogue is clamped (the whole ranking, no N-sized buffers); fields
+    are tab-separated, so IDs with commas and spaces come back whole."""
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((4, 3)).astype(np.float32)
+    t = rng.standard_normal((5, 3)).astype(np.float32)
+    q[2] = 0.0
+    seen = np.zeros((4, 5), bool)
+    seen[1, [0, 3]] = True
+    qn = ["u,0", "u 1", "ü,2", "u3"]
+    tn = ["a,b", " c ", "d,e,f", "g", "h i"]
+    path = tmp_path / "bp.txt"
+    assert write_batch_predictions(str(path), q, t, qn, tn, 10**9, exclude=CSR.from_dense(seen.astype(float))) == 4
+    ref = numpy_topk(q @ t.T, seen, 5)
+    ref[2] = []
+    want = ["\t".join([qn[i], *[tn[j] for j in ref[i]]]) for i in range(4)]
+    assert path.read_text(encoding="utf-8").split("\n") == [*want, ""]
+    assert read_batch_predictions(str(path)) == {qn[i]: [tn[j] for j in ref[i]] for i in range(4)}
+    with pytest.raises(TrainerInputError, match="topk"):
+        write_batch_predictions(str(path), q, t, qn, tn, 0)
 
 
 def test_top_k_bad_input():

@@ -193,6 +193,7 @@ def test_saved_model_in_fresh_process(trained, tmp_path):
     assert fold["unknown_items"] == 1
     ref_f = numpy_topk((want_u @ v64.T)[None, :], row != 0, 4)[0]
     assert fold["content_ids"][: fold["count"]] == [ITEMS[j] for j in ref_f]
+    assert fold["clipped_ratings"] == 0  # both ratings within the rating cap (1.0)
     assert "NaN" in out["nan_error"]
     assert "k must be >= 1" in out["k0_error"]
 
@@ -258,7 +259,8 @@ def test_cli_errors(tmp_path, data_dir, capsys):
     with pytest.raises(SystemExit) as e:
         task.main(["--input_path", str(data_dir), "--output_dir", str(tmp_path / "o"), "--n_embeds", "0"])
     assert e.value.code == 2
-    assert "--n_embeds must be >= 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--n_embeds must be >= 1" in err and len(err.strip().splitlines()) == 1  # no usage dump
     with pytest.raises(SystemExit):
         task.main(["--input_path", str(data_dir), "--output_dir", str(tmp_path / "o"), "--regularization", "0"])
 

@@ -120,8 +120,10 @@ class Checkpointer:
             raise corrupt("history length differs from sweeps_done")
         try:
             arrays = fileio.load_npz(fileio.join(self.dir, name))
-        except (TrainerInputError, OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise corrupt(f"{name}: {e}") from e
+        except TrainerInputError as e:  # missing, unreadable, a directory
+            raise corrupt(str(e)) from e
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise corrupt(f"{name} is not a NumPy .npz file of factors") from e
         factors = []
         for i, key in enumerate(("user_factors", "item_factors")):
             a = arrays.get(key)

@@ -326,8 +326,10 @@ class _HeldOut:
             try:
                 arrays = fileio.load_npz(path)
                 u, v = arrays["user_factors"], arrays["item_factors"]
-            except (TrainerInputError, OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            except TrainerInputError as e:
                 raise _corrupt_checkpoint(path, str(e)) from e
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+                raise _corrupt_checkpoint(path, "not a NumPy .npz file of factors") from e
             if (u.shape != st.user_factors.shape or v.shape != st.item_factors.shape
                     or not (np.all(np.isfinite(u)) and np.all(np.isfinite(v)))):
                 raise _corrupt_checkpoint(path, "wrong shapes or NaN/inf factors")
