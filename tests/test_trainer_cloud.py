@@ -725,3 +725,61 @@ def test_dockerfile_requirements_resolve_on_pypi(tmp_path):
     assert names["tensorflow"] == "2.21.0"
     assert "nvidia-cudnn-cu12" in names and "nvidia-cublas-cu12" in names
     assert not any(n.startswith(("apache-beam", "tensorflow-transform")) for n in names)
+
+
+# ------------------------------------------------------------------------------ docs/CLOUD.md
+CLOUD_MD = REPO / "docs" / "CLOUD.md"
+
+CLOUDBUILD_LOADER = r"""
+import json, os, sys
+sys.path.insert(0, os.path.join(os.environ["GCLOUD_SDK_ROOT"], "lib"))
+import gcloud
+gcloud._fix_google_module()
+from apitools.base.py import encoding
+from googlecloudsdk.api_lib.cloudbuild import cloudbuild_util, config
+build = config.LoadCloudbuildConfigFromPath(sys.argv[1], cloudbuild_util.GetMessagesModule(),
+                                            params=json.loads(sys.argv[2]))
+print(json.dumps(encoding.MessageToDict(build)))
+"""
+
+
+def test_docs_trainer_build_config_loads_in_gcloud(tmp_path):
+    """The Cloud Build config docs/CLOUD.md tells you to write, read by gcloud's own loader
+    (which rejects unknown fields), with the substitution the documented command passes."""
+    root, python = _require_sdk()
+    text = CLOUD_MD.read_text()
+    (config_text,) = re.findall(r"cat > /tmp/cloudbuild\.trainer\.yaml <<'EOF'\n(.*?)\nEOF\n", text, re.S)
+    (submit,) = re.findall(r"(gcloud builds submit [^\n]*--config /tmp/cloudbuild\.trainer\.yaml[^\n]*\\\n[^\n]*)", text)
+    argv = shlex.split(submit.replace("\\\n", " "))
+    assert argv[-1] == "."  # the repository root is the build context
+    key, _, value = argv[argv.index("--substitutions") + 1].partition("=")
+    path = tmp_path / "cloudbuild.trainer.yaml"
+    path.write_text(config_text + "\n")
+    p = subprocess.run([python, "-c", CLOUDBUILD_LOADER, str(path), json.dumps({key: value})], capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "GCLOUD_SDK_ROOT": str(root),
+                                                    "CLOUDSDK_CONFIG": str(tmp_path / "cfg")})
+    assert p.returncode == 0, p.stderr
+    build = json.loads(p.stdout)
+    (step,) = build["steps"]
+    assert step["name"] == "gcr.io/cloud-builders/docker"
+    args = step["args"]
+    assert args[:3] == ["build", "-f", DOCKERFILE.name] and args[-1] == "."
+    assert args[args.index("-t") + 1] == "${" + key + "}" and build["images"] == ["${" + key + "}"]
+    assert build["substitutions"] == {key: value}
+
+
+def test_docs_dry_run_example_is_what_the_script_prints(cloud):
+    text = CLOUD_MD.read_text()
+    (example,) = re.findall(r"does 1 and 2 and prints:\n\n```\n(.*?)```", text, re.S)
+    (cmd,) = commands(example)
+    f = flags(cmd)
+    spec = yaml.safe_load(printed_spec(example))
+    c = job_pool(spec)["containerSpec"]
+    args = task.parse_args(c["args"])
+    trainer_flags = c["args"][3:]
+    p = cloud.run(["--project", f["--project"], "--region", f["--region"], "--job_name", f["--display-name"],
+                   "--input_path", args.input_path, "--output_dir", args.output_dir, "--image", c["imageUri"],
+                   "--dry_run", "--", *trainer_flags])
+    assert p.returncode == 0, p.stderr
+    normalise = lambda s: re.sub(r"/tmp(/[^/\s]+)*/tmp\.[A-Za-z0-9]+/", "/tmp/tmp.XXXXXXXXXX/", s)  # noqa: E731
+    assert normalise(p.stdout) == normalise(example)
