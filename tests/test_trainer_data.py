@@ -78,6 +78,12 @@ def test_missing_metadata(tmp_path):
         ({records.USERS_FOR_ITEM: ["nope.tfrecord"]}, "missing shard"),
         ({"record_compression": "LZ4"}, "record_compression"),
         ({"user_vocabulary": ""}, "user_vocabulary"),
+        ({"median_duration": -1.0}, "median_duration"),
+        ({"median_duration": "41000"}, "median_duration"),
+        ({"rating": {"scale": 0.3}}, "'rating' must be an object with a finite 'cap'"),
+        ({"rating": {"scale": 0.3, "cap": 0}}, "'cap' > 0"),
+        ({"rating": {"scale": -2, "cap": 1.0}}, "scale"),
+        ({"rating": [1.0]}, "'rating'"),
     ],
 )
 def test_bad_metadata(dataset, change, match):
@@ -148,3 +154,27 @@ def test_bad_vocabulary(dataset):
     pathlib.Path(md.user_vocabulary).write_text("a\nb\na\n")
     with pytest.raises(TrainerInputError, match="duplicate"):
         read_vocabulary(md.user_vocabulary, 3, "user")
+
+
+def test_metadata_non_finite_numbers_and_directories(dataset):
+    text = (dataset / records.METADATA_FILE).read_text()
+    (dataset / records.METADATA_FILE).write_text(text.replace('"median_duration": 1000.0', '"median_duration": NaN'))
+    with pytest.raises(TrainerInputError, match="non-finite number NaN"):
+        load_metadata(str(dataset))
+    (dataset / records.METADATA_FILE).write_text(text)
+    assert load_metadata(str(dataset)).rating_cap == 1.0
+    (dataset / records.METADATA_FILE).unlink()
+    (dataset / records.METADATA_FILE).mkdir()
+    with pytest.raises(TrainerInputError, match="is a directory"):
+        load_metadata(str(dataset))
+
+
+def test_vocabulary_ids_with_control_characters_are_refused(dataset):
+    md = load_metadata(str(dataset))
+    ok = ["a,b", " c ", "ü", "no\u00a0break"]  # commas, spaces, non-ASCII are fine
+    pathlib.Path(md.user_vocabulary).write_text("".join(n + "\n" for n in ok), encoding="utf-8")
+    assert read_vocabulary(md.user_vocabulary, 4, "user") == ok
+    for bad in ["tab\there", "cr\rhere", "nel\x85here", "ls\u2028here"]:
+        pathlib.Path(md.user_vocabulary).write_text(f"a\n{bad}\n", encoding="utf-8")
+        with pytest.raises(TrainerInputError, match="line 2 holds"):
+            read_vocabulary(md.user_vocabulary, 2, "user")
