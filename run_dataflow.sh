@@ -81,7 +81,7 @@ done
 cd "$REPO"
 
 if [ "$show_help" = 1 ]; then
-  sed -n '2,20p' "$REPO/$(basename "$0")" | sed 's/^# \{0,1\}//'
+  awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$REPO/$(basename "$0")"
   if [ ! -x .venv/bin/python ]; then
     if [ "$dry_run" = 1 ]; then
       echo "(dry run: ./install.sh not run; the list of every flag needs it)"; exit 0

@@ -20,7 +20,7 @@
 # --accelerator_count 0 runs on CPU only. Bad input: one line on stderr, exit status 2.
 set -euo pipefail
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
 die() { echo "run_training.sh: $*" >&2; exit 2; }
 
 INPUT_PATH=""

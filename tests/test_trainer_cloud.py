@@ -414,6 +414,13 @@ def test_trainer_flags_may_not_replace_the_paths(cloud, trainer_flags):
     assert cloud.cloud_calls() == []
 
 
+def test_script_help(cloud):
+    p = cloud.run(["--help", *BASE])
+    assert p.returncode == 0 and p.stdout.startswith("Submit the WALS trainer")
+    assert "--prebuilt_image URI" in p.stdout and "set -euo" not in p.stdout
+    assert cloud.cloud_calls() == []
+
+
 def test_trainer_help_submits_nothing(cloud):
     p = cloud.run([*BASE, "--image", IMAGE, "--", "--help"])
     assert p.returncode == 0
