@@ -304,7 +304,9 @@ class _HeldOut:
             try:
                 saved = json.loads(fileio.read_text(path))
                 ok = isinstance(saved, dict) and isinstance(saved.get("evaluations"), list) and all(
-                    isinstance(e, dict) and isinstance(e.get("sweep"), int) for e in saved["evaluations"])
+                    isinstance(e, dict) and isinstance(e.get("sweep"), int)
+                    and (self.key is None or isinstance(e.get(self.key), (int, float)))
+                    for e in saved["evaluations"])
             except (TrainerInputError, ValueError) as e:
                 raise _corrupt_checkpoint(path, str(e)) from e
             if not ok:
@@ -439,6 +441,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _clamp_topk(topk: int, n: int, what: str) -> int:
+    """``min(topk, n)``, logging when it clamps (``n`` = the number of ``what``)."""
     if topk <= n:
         return topk
     log.info("--topk %d is more than the %d %s: clamped to %d", topk, n, what, n)
