@@ -51,20 +51,50 @@ Implementation (no Python loop over rows):
   the previous factors, which never forms ``M``: ``M p = (w0 G + λ I) p + Xᵀ((W − w0) ⊙ X p)``.
   CG from the previous iterate lowers each row's quadratic monotonically, so the objective
   still never increases, but a half-sweep is no longer the exact minimiser.
-* Short rows (``L ≤ 3k/4``: most rows of skewed usage data) use, when ``k ≥ 24``, the Woodbury
-  identity instead:
-  with ``B0 = w0 G + λ I``, ``Y = diag(√(W − w0)) X`` and ``Q = V B0⁻¹`` (computed once per
-  half-sweep, so ``X B0⁻¹ = Q[idx]`` is a gather)::
+* Short rows (``L ≤ 3k/4``: most rows of skewed usage data) use, when ``k ≥ 24`` and the batch
+  is well conditioned (below), the Woodbury identity instead — an exact solve of the same
+  system that costs ``O(L²k + L³ + k²)`` per row instead of ``O(Lk² + k³)`` (an ``L × L``
+  Cholesky instead of ``k × k``). With ``B0 = w0 G + λ I``, ``Y = diag(s) X``,
+  ``s = √(W − w0)``, ``K = Y B0⁻¹ Yᵀ`` (``L × L``) and ``Q = V B0⁻¹`` (once per half-sweep, so
+  ``X B0⁻¹ = Q[idx]`` is a gather)::
 
-      M⁻¹ = B0⁻¹ − B0⁻¹ Yᵀ (I_L + Y B0⁻¹ Yᵀ)⁻¹ Y B0⁻¹
-      u   = z − Q[idx]ᵀ (√(W−w0) ⊙ t),   z = Q[idx]ᵀ (W·A),   (I_L + Y B0⁻¹ Yᵀ) t = Y z
+      M⁻¹ r = B0⁻¹ r − B0⁻¹ Yᵀ (I_L + K)⁻¹ Y B0⁻¹ r                                    (W1)
 
-  an exact solve of the same system that costs ``O(L²k + L³ + k²)`` per row instead of
-  ``O(Lk² + k³)`` (an ``L × L`` Cholesky instead of ``k × k``). Because ``u`` is a difference
-  of larger terms when ``B0`` is small next to the data term, two steps of iterative
-  refinement follow (``u ← u + M⁻¹(b − M u)``, reusing the ``L × L`` factorisation; ``M u`` is
-  applied without forming ``M``), which brings float32 accuracy back to that of the ``k × k``
-  Cholesky path.
+  (W1) subtracts two terms of size up to ``‖B0⁻¹‖‖r‖`` whose difference can be ``1 + ‖K‖``
+  times smaller: with ``w0 = 0`` and ``L < k``, ``B0 = λI`` and
+  ``‖K‖ = σ_max(Y)²/λ = κ(M) − 1``, so used on ``b`` it loses ``u·κ(M)`` relative accuracy
+  in float32 (unit roundoff ``u = 2⁻²⁴``) *on top of* the Cholesky path's error. So the first
+  solve uses the push-through identity ``(B0 + YᵀY)⁻¹Yᵀ = B0⁻¹Yᵀ(I_L + K)⁻¹``, which needs no
+  subtraction: write ``b = Yᵀc + b⊥`` with ``c_l = (W·A)_l / s_l`` where ``s_l > 0`` and
+  ``b⊥`` the entries with ``W = w0`` (a column weight 0; usually none), then::
+
+      u = z⊥ + Q[idx]ᵀ (s ⊙ t),   (I_L + K) t = c − s ⊙ (X z⊥),   z⊥ = B0⁻¹ b⊥          (W2)
+
+  Its backward error still grows with ``κ(Y)``, so two steps of fixed-precision iterative
+  refinement follow: ``u ← u + M⁻¹(b − M u)`` with (W1) for ``M⁻¹`` (the residual is not in
+  the range of ``Yᵀ``), reusing the ``L × L`` factorisation; ``M u`` is applied without
+  forming ``M``. Each step multiplies the residual by the relative error ``η`` of (W1) and
+  stops at the rounding error of computing ``b − M u`` itself (``~u‖M‖‖u‖``, the Cholesky
+  path's backward error), provided ``η < 1``. ``η`` has two sources: applying ``B0⁻¹``
+  (``~u κ(B0)``) and the cancellation in (W1) (``~u (1 + ‖K‖)``, and
+  ``‖K‖ ≤ tr K = Σ_l (W − w0)_l h_l`` with ``h_j = v_jᵀ B0⁻¹ v_j``, one number per fixed row
+  per half-sweep). A batch therefore takes this path only when::
+
+      θ = u · (κ(B0) + max_{rows i of the batch} tr K_i)  ≤  2⁻¹⁰                          (W3)
+
+  and the ``k × k`` Cholesky path otherwise, in chunks of at most ``max_batch_floats / k²``
+  rows (the test is a ``tf.cond`` inside the batch's graph: no host round trip). On random
+  test systems (k = 16–64, w0 = 0–1, λ = 10⁻³–10) the measured ``η`` was at most
+  ``33 u (1 + tr K)``, and about ``0.7 u κ(B0)`` where ``tr K`` was small and ``G`` badly
+  conditioned in a rotated basis; so under (W3) ``η ≲ 0.035``, and two steps bring the
+  backward error ``‖b − M u‖ / (‖M‖‖u‖ + ‖b‖)`` to the Cholesky path's level (a few ``u``;
+  both paths are tested against ``≤ k·u``). With ``w0 = 0``, (W3) means
+  ``κ(M) ≲ 1.6·10⁴`` in float32; in float64 it practically always holds. On the matrix of
+  ``benchmarks/trainer_speed.py`` at k = 64 after 5 sweeps, ``θ ≤ 5·10⁻⁶`` with the
+  trainer's defaults (implicit, and wals w0 = 0.01, λ = 10) and the benchmark's
+  (w0 = λ = 0.1): every short-row batch stays on the Woodbury path; with w0 = 0, λ = 0.01
+  (2 sweeps) the item half-sweep's short-row batches have ``θ`` of 1.1–16× the limit and go
+  to k × k.
 * One ``tf.function`` with dynamic shapes serves every batch (traced once per dtype).
 
 Loss (float64, once per sweep), using ``Σ_{ij} w0 (u_i·v_j)² = w0 · Σ (UᵀU ⊙ VᵀV)``::
@@ -116,6 +146,9 @@ CPU_BATCHES_IN_FLIGHT = 2
 # benchmarks/trainer_speed.py's matrix: Woodbury/k×k time 1.6 at k=10, 1.4 at 16, 0.9 at 24,
 # 0.6 at 32, 0.45 at 48).
 WOODBURY_MIN_K = 24
+# (W3) in the module docstring: a short-row batch takes the Woodbury path only while
+# u·(κ(B0) + max tr K) stays below this (refinement then contracts by η ≲ 0.035 per step).
+WOODBURY_MAX_THETA = 2.0**-10
 
 # --------------------------------------------------------------------------- batch plan
 @dataclass
@@ -139,6 +172,7 @@ class SweepPlan:
     sum_waa: float  # Σ_Ω W A²   (float64)
     sum_extra: float  # Σ_Ω (W − w0)
     nnz: int
+    max_batch_floats: int = 1 << 62  # the cap the batches were cut with (chunks the fallback)
 
 
 def build_plan(
@@ -209,6 +243,7 @@ def build_plan(
         sum_waa=float(np.sum(w * a * a)),
         sum_extra=float(np.sum(extra_all)),
         nnz=csr.nnz,
+        max_batch_floats=int(max_batch_floats),
     )
 
 
@@ -222,36 +257,81 @@ def _kernels(dtype_name: str, cg_steps: int, refine_steps: int = 2) -> dict[str,
     ids2 = tf.TensorSpec([None, None], tf.int32)
     ids1 = tf.TensorSpec([None], tf.int32)
 
-    @tf.function(input_signature=[mat, mat, ids2, mat, mat])
-    def cholesky_batch(fixed, base, idx, extra, wa):
+    vec = tf.TensorSpec([None], dt)
+    scalar = tf.TensorSpec([], dt)
+    int_scalar = tf.TensorSpec([], tf.int32)
+
+    def cholesky_rows(fixed, base, idx, extra, wa):
         x = tf.gather(fixed, idx)  # (B, L, k)
         m = tf.linalg.matmul(x * extra[..., None], x, transpose_a=True) + base
         b = tf.linalg.matvec(x, wa, transpose_a=True)  # (B, k)
         chol = tf.linalg.cholesky(m)
         return tf.linalg.cholesky_solve(chol, b[..., None])[..., 0]
 
-    @tf.function(input_signature=[mat, mat, mat, mat, ids2, mat, mat])
-    def woodbury_batch(fixed, fixed_binv, base, base_inv, idx, extra, wa):
+    @tf.function(input_signature=[mat, mat, ids2, mat, mat])
+    def cholesky_batch(fixed, base, idx, extra, wa):
+        return cholesky_rows(fixed, base, idx, extra, wa)
+
+    def cholesky_chunked(fixed, base, chunk, idx, extra, wa):
+        """The k × k path on ``chunk`` rows at a time (a short-row batch was cut for
+        ``B·L·k``, not ``B·k²``, floats). Padding rows have weight 0 and are dropped."""
+        rows, width = tf.shape(idx)[0], tf.shape(idx)[1]
+        n = (rows + chunk - 1) // chunk
+        pad = [[0, n * chunk - rows], [0, 0]]
+        parts = [tf.reshape(tf.pad(a, pad), [n, chunk, width]) for a in (idx, extra, wa)]
+        out = tf.map_fn(
+            lambda p: cholesky_rows(fixed, base, p[0], p[1], p[2]), parts,
+            fn_output_signature=tf.TensorSpec([None, None], dt), parallel_iterations=1,
+        )
+        return tf.reshape(out, [n * chunk, tf.shape(fixed)[1]])[:rows]
+
+    def batch_load(h, idx, extra):
+        """max over the batch's rows of tr K_i = Σ_l (W − w0)_l h_idx_l, h_j = v_jᵀ B0⁻¹ v_j."""
+        return tf.reduce_max(tf.reduce_sum(extra * tf.gather(h, idx), axis=1))
+
+    # entries with W − w0 at or below this go to b⊥ in (W2) (W·A / √(W − w0) stays finite)
+    tiny_extra = float(np.finfo(dtype_name).tiny) ** 0.5
+
+    def woodbury_rows(fixed, fixed_binv, base, base_inv, idx, extra, wa):
         x = tf.gather(fixed, idx)  # (B, L, k)
         q = tf.gather(fixed_binv, idx)  # (B, L, k): rows of X B0⁻¹
         s = tf.sqrt(extra)
         kern = tf.linalg.matmul(q, x, transpose_b=True)  # (B, L, L) = X B0⁻¹ Xᵀ
         small = s[:, :, None] * kern * s[:, None, :] + tf.eye(tf.shape(idx)[1], dtype=dt)
-        chol = tf.linalg.cholesky(small)
+        chol = tf.linalg.cholesky(small)  # I_L + K
 
-        def solve(z):  # M⁻¹ r given z = B0⁻¹ r
+        def solve(z):  # (W1): M⁻¹ r given z = B0⁻¹ r
             y = s * tf.linalg.matvec(x, z)
             t = tf.linalg.cholesky_solve(chol, y[..., None])[..., 0]
             return z - tf.linalg.matvec(q, s * t, transpose_a=True)
 
+        # (W2): b = Yᵀc + b⊥; no subtraction of large terms when b⊥ = 0 (the usual case)
+        on = extra > tiny_extra
+        c = tf.where(on, wa / tf.where(on, s, tf.ones_like(s)), tf.zeros_like(wa))
+        z_perp = tf.linalg.matvec(q, tf.where(on, tf.zeros_like(wa), wa), transpose_a=True)
+        rhs = c - s * tf.linalg.matvec(x, z_perp)
+        t = tf.linalg.cholesky_solve(chol, rhs[..., None])[..., 0]
+        u = z_perp + tf.linalg.matvec(q, s * t, transpose_a=True)
         b = tf.linalg.matvec(x, wa, transpose_a=True)
-        u = solve(tf.linalg.matvec(q, wa, transpose_a=True))
         for _ in range(refine_steps):  # iterative refinement: u += M⁻¹ (b − M u)
             r = b - tf.linalg.matmul(u, base) - tf.linalg.matvec(
                 x, extra * tf.linalg.matvec(x, u), transpose_a=True
             )
             u = u + solve(tf.linalg.matmul(r, base_inv))
         return u
+
+    @tf.function(input_signature=[mat, mat, mat, mat, vec, scalar, int_scalar, ids2, mat, mat])
+    def woodbury_batch(fixed, fixed_binv, base, base_inv, h, max_load, chunk, idx, extra, wa):
+        """(W3) decided in the graph (no host round trip): Woodbury, else k × k in chunks."""
+        return tf.cond(
+            batch_load(h, idx, extra) <= max_load,  # False for NaN
+            lambda: woodbury_rows(fixed, fixed_binv, base, base_inv, idx, extra, wa),
+            lambda: cholesky_chunked(fixed, base, chunk, idx, extra, wa),
+        )
+
+    @tf.function(input_signature=[vec, scalar, ids2, mat])
+    def woodbury_route(h, max_load, idx, extra):
+        return batch_load(h, idx, extra) <= max_load
 
     @tf.function(input_signature=[mat, mat, ids2, mat, mat, mat])
     def cg_batch(fixed, base, idx, extra, wa, x0):
@@ -292,9 +372,79 @@ def _kernels(dtype_name: str, cg_steps: int, refine_steps: int = 2) -> dict[str,
     return {
         "cholesky": cholesky_batch,
         "woodbury": woodbury_batch,
+        "woodbury_route": woodbury_route,
         "cg": cg_batch,
         "loss": loss_batch,
     }
+
+
+@dataclass
+class _WoodburyInputs:
+    """What the Woodbury path needs in one half-sweep (all on the device, no host sync)."""
+
+    fixed_binv: Any  # Q = V B0⁻¹
+    base_inv: Any  # B0⁻¹
+    h: Any  # (nfixed,) h_j = v_jᵀ B0⁻¹ v_j
+    max_load: Any  # scalar: (W3) holds iff max_i tr K_i ≤ max_load = 2⁻¹⁰/u − κ(B0)
+
+
+def _woodbury_inputs(fixed: Any, base: Any) -> _WoodburyInputs:
+    """``B0⁻¹``, ``V B0⁻¹``, ``h`` and the (W3) limit on ``tr K`` for one half-sweep.
+
+    ``κ(B0)`` from the float64 eigenvalues of the rounded ``base`` actually used ((W1) is
+    applied to that matrix); ``max_load < 0`` (every batch on the k × k path) when it is not
+    numerically positive definite.
+    """
+    tf = _tf()
+    k = int(fixed.shape[1])
+    u = float(np.finfo(np.dtype(fixed.dtype.as_numpy_dtype)).eps) / 2.0  # unit roundoff
+    ev = tf.linalg.eigvalsh(tf.cast(base, tf.float64))
+    max_load = tf.where(ev[0] > 0, WOODBURY_MAX_THETA / u - ev[-1] / ev[0], -1.0)
+    base_chol = tf.linalg.cholesky(base)
+    fixed_binv = tf.transpose(tf.linalg.cholesky_solve(base_chol, tf.transpose(fixed)))
+    return _WoodburyInputs(
+        fixed_binv=fixed_binv,
+        base_inv=tf.linalg.cholesky_solve(base_chol, tf.eye(k, dtype=fixed.dtype)),
+        h=tf.reduce_sum(fixed * fixed_binv, axis=1),
+        max_load=tf.cast(max_load, fixed.dtype),
+    )
+
+
+def _base(fixed: Any, w0: float, regularization: float) -> Any:
+    """``B0 = w0 VᵀV + λ I`` in the factors' dtype."""
+    tf = _tf()
+    k = int(fixed.shape[1])
+    gram = tf.linalg.matmul(fixed, fixed, transpose_a=True)
+    return w0 * gram + regularization * tf.eye(k, dtype=fixed.dtype)
+
+
+def _woodbury_eligible(plan: SweepPlan, k: int, solver: str, woodbury: bool | None) -> list[bool]:
+    use = k >= WOODBURY_MIN_K if woodbury is None else bool(woodbury)
+    return [solver == "cholesky" and use and 4 * b.width <= 3 * k for b in plan.batches]
+
+
+def route_batches(
+    fixed: Any,
+    plan: SweepPlan,
+    w0: float,
+    regularization: float,
+    solver: Solver = "cholesky",
+    woodbury: bool | None = None,
+) -> list[str]:
+    """The path :func:`solve_half_sweep` takes for each batch of ``plan`` with these ``fixed``
+    factors: ``"woodbury"``, ``"cholesky"`` or ``"cg"`` (for tests and diagnostics; the same
+    (W3) test as the solver's graph, on the same tensors)."""
+    k = int(fixed.shape[1])
+    eligible = _woodbury_eligible(plan, k, solver, woodbury)
+    other = "cholesky" if solver == "cholesky" else "cg"
+    if not any(eligible):
+        return [other] * len(plan.batches)
+    wb = _woodbury_inputs(fixed, _base(fixed, w0, regularization))
+    route = _kernels(fixed.dtype.name, 1)["woodbury_route"]
+    return [
+        "woodbury" if e and bool(route(wb.h, wb.max_load, b.idx, b.extra)) else other
+        for e, b in zip(eligible, plan.batches)
+    ]
 
 
 def solve_half_sweep(
@@ -314,8 +464,10 @@ def solve_half_sweep(
 
     Returns a ``(plan.nrows, k)`` tensor; rows without observations are 0. ``previous`` (the
     current factors of the rows being solved) is the CG warm start. ``woodbury``: ``None``
-    uses the Woodbury path for rows with ``L ≤ 3k/4`` when ``k ≥ WOODBURY_MIN_K``; ``True``
-    for such rows at any ``k``; ``False`` never. ``batches_in_flight``: how many batches are
+    makes rows with ``L ≤ 3k/4`` eligible for the Woodbury path when ``k ≥ WOODBURY_MIN_K``;
+    ``True`` at any ``k``; ``False`` never. An eligible batch takes it only when (W3) of the
+    module docstring holds, else the ``k × k`` Cholesky path (decided inside the batch's
+    graph; :func:`route_batches` tells which). ``batches_in_flight``: how many batches are
     solved concurrently (from that many Python threads; every batch is independent, so the
     result does not depend on it); ``None``: :data:`CPU_BATCHES_IN_FLIGHT` on a CPU, 1 on a
     GPU.
@@ -323,24 +475,21 @@ def solve_half_sweep(
     tf = _tf()
     k = int(fixed.shape[1])
     kern = _kernels(fixed.dtype.name, int(cg_steps))
-    gram = tf.linalg.matmul(fixed, fixed, transpose_a=True)
-    base = w0 * gram + regularization * tf.eye(k, dtype=fixed.dtype)
-    use_woodbury = k >= WOODBURY_MIN_K if woodbury is None else woodbury
-
-    def on_woodbury(b: _Batch) -> bool:
-        return solver == "cholesky" and use_woodbury and 4 * b.width <= 3 * k
-
-    if any(on_woodbury(b) for b in plan.batches):
-        # B0⁻¹ and X B0⁻¹ for every row of the fixed side, once
-        base_chol = tf.linalg.cholesky(base)
-        fixed_binv = tf.transpose(tf.linalg.cholesky_solve(base_chol, tf.transpose(fixed)))
-        base_inv = tf.linalg.cholesky_solve(base_chol, tf.eye(k, dtype=fixed.dtype))
+    base = _base(fixed, w0, regularization)
+    eligible = _woodbury_eligible(plan, k, solver, woodbury)
+    wb = _woodbury_inputs(fixed, base) if any(eligible) else None
+    # rows per k × k chunk when (W3) sends a short-row batch there
+    chunk = tf.constant(max(1, plan.max_batch_floats // (k * k)), tf.int32)
     device = fixed.device
 
-    def solve(b: _Batch) -> Any:
+    def solve(t: int) -> Any:
+        b = plan.batches[t]
         with tf.device(device):  # device scopes are per thread
-            if on_woodbury(b):
-                return kern["woodbury"](fixed, fixed_binv, base, base_inv, b.idx, b.extra, b.wa)
+            if eligible[t]:
+                return kern["woodbury"](
+                    fixed, wb.fixed_binv, base, wb.base_inv, wb.h, wb.max_load, chunk,
+                    b.idx, b.extra, b.wa,
+                )
             if solver == "cholesky":
                 return kern["cholesky"](fixed, base, b.idx, b.extra, b.wa)
             return kern["cg"](fixed, base, b.idx, b.extra, b.wa, tf.gather(previous, b.rows))
@@ -350,13 +499,13 @@ def solve_half_sweep(
     n = len(plan.batches)
     outs = []
     if batches_in_flight <= 1 or n <= 1:
-        for t, b in enumerate(plan.batches):
-            outs.append(solve(b))
+        for t in range(n):
+            outs.append(solve(t))
             if progress is not None:
                 progress(stage, t + 1, n)
     else:
         with ThreadPoolExecutor(max_workers=batches_in_flight) as pool:
-            for t, out in enumerate(pool.map(solve, plan.batches)):
+            for t, out in enumerate(pool.map(solve, range(n))):
                 outs.append(out)
                 if progress is not None:
                     progress(stage, t + 1, n)
