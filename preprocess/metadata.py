@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
 from preprocess import counters, pipeline as graph, split, transform
-from preprocess.options import PreprocessOptions
+from preprocess.options import PreprocessOptions, event_names, is_ga4, item_source
 from schemas import records as contract
 
 FORMAT_VERSION = 1
@@ -119,20 +119,32 @@ def build_metadata(result, options: PreprocessOptions) -> dict:
         "transform_output": graph.TRANSFORM_OUTPUT,
         "dropped": dropped,
         "sessions": values.get("sessions", 0),
+        "events": values.get("events", 0),
         "input": _describe_input(options),
     }
 
 
 def _describe_input(options: PreprocessOptions) -> dict:
     o = options
+    items = item_source(o)
+    if is_ga4(o):
+        described = {"source": "bigquery_ga4" if o.ga4_table else "ga4_json",
+                     "table": o.ga4_table, "pattern": o.input, "item_source": items,
+                     "duration": o.duration, "user_id_field": o.user_id_field,
+                     "event_names": event_names(o)}
+        if o.ga4_table:
+            described.update(start_date=o.start_date, end_date=o.end_date, include_intraday=o.include_intraday)
+        else:
+            del described["table"]
+        return described
     if o.bq_table or o.query:
         return {"source": "bigquery", "table": o.bq_table, "custom_query": bool(o.query),
-                "item_source": o.item_source, "content_dimension_index": o.content_dimension_index,
+                "item_source": items, "content_dimension_index": o.content_dimension_index,
                 "hit_type": o.hit_type, "start_date": o.start_date, "end_date": o.end_date,
                 "include_intraday": o.include_intraday}
     described = {"source": o.input_format, "pattern": o.input}
     if o.input_format == "ga_json":
-        described.update(item_source=o.item_source, content_dimension_index=o.content_dimension_index,
+        described.update(item_source=items, content_dimension_index=o.content_dimension_index,
                          hit_type=o.hit_type)
     if o.input_format == "hits_csv":
         described["item_field"] = o.item_field

@@ -13,8 +13,12 @@ from typing import Sequence
 from apache_beam.options import pipeline_options
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-INPUT_FORMATS = ("ga_json", "hits_csv", "interactions_csv")
-ITEM_SOURCES = ("custom_dimension", "page_path", "product_sku")
+from preprocess import ga4  # the GA4 reader owns its item sources and name rules
+
+INPUT_FORMATS = ("ga_json", "ga4_json", "hits_csv", "interactions_csv")
+ITEM_SOURCES = ("custom_dimension", "page_path", "product_sku")  # GA360; GA4's: preprocess/ga4.py
+GA4_ITEM_SOURCE_DEFAULT = "page_location"
+GA360_ITEM_SOURCE_DEFAULT = "custom_dimension"
 
 
 class PreprocessOptions(PipelineOptions):
@@ -22,11 +26,16 @@ class PreprocessOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        source = parser.add_argument_group("input (choose one of --bq_table, --query, --input)")
+        source = parser.add_argument_group("input (choose one of --bq_table, --ga4_table, --query, --input)")
         source.add_argument(
             "--bq_table",
             help="GA360 export table in BigQuery, PROJECT.DATASET.ga_sessions_* (wildcards allowed). "
             "Read with the project's SQL (schemas/ga360_interactions.sql).",
+        )
+        source.add_argument(
+            "--ga4_table",
+            help="GA4 export table in BigQuery, PROJECT.DATASET.events_* (wildcards allowed). "
+            "Read with the project's SQL (schemas/ga4_interactions.sql).",
         )
         source.add_argument(
             "--query",
@@ -35,18 +44,18 @@ class PreprocessOptions(PipelineOptions):
         )
         source.add_argument(
             "--start_date",
-            help="With --bq_table on a wildcard table: first _TABLE_SUFFIX to read, YYYYMMDD.",
+            help="With --bq_table/--ga4_table on a wildcard table: first _TABLE_SUFFIX to read, YYYYMMDD.",
         )
         source.add_argument(
             "--end_date",
-            help="With --bq_table on a wildcard table: last _TABLE_SUFFIX to read, YYYYMMDD.",
+            help="With --bq_table/--ga4_table on a wildcard table: last _TABLE_SUFFIX to read, YYYYMMDD.",
         )
         source.add_argument(
             "--include_intraday",
             action="store_true",
-            help="With --bq_table on a wildcard table: also read the ga_sessions_intraday_* "
-            "tables (the current day, still being filled; excluded by default because the day "
-            "is exported again as ga_sessions_YYYYMMDD).",
+            help="With --bq_table/--ga4_table on a wildcard table: also read the "
+            "ga_sessions_intraday_* / events_intraday_* tables (the current day, still being "
+            "filled; excluded by default because the day is exported again as a daily table).",
         )
         source.add_argument(
             "--input",
@@ -57,17 +66,40 @@ class PreprocessOptions(PipelineOptions):
             choices=INPUT_FORMATS,
             default="ga_json",
             help="ga_json: newline-delimited JSON sessions in the BigQuery GA360 export schema; "
+            "ga4_json: newline-delimited JSON events in the BigQuery GA4 export schema; "
             "hits_csv: one row per hit with a header holding fullVisitorId,visitNumber,time and "
             "the item column (--item_field), optionally hitNumber; interactions_csv: header "
             "visitorId,contentId,session_duration (what the SQL returns).",
         )
         source.add_argument(
             "--item_source",
-            choices=ITEM_SOURCES,
-            default="custom_dimension",
-            help="Where the item ID of a GA360 hit comes from (ga_json and BigQuery): a hit-level "
-            "custom dimension (--content_dimension_index), hits.page.pagePath, or "
-            "hits.product.productSKU.",
+            default=None,
+            help="Where the item ID comes from. GA360 (ga_json, --bq_table): custom_dimension "
+            "(default; --content_dimension_index), page_path (hits.page.pagePath) or product_sku "
+            "(hits.product.productSKU). GA4 (ga4_json, --ga4_table): page_location (default; "
+            "the URL without query string and fragment), page_path, page_title, "
+            "event_param:KEY (a string or int event param) or item_id (each items[].item_id).",
+        )
+        source.add_argument(
+            "--duration",
+            choices=("engagement_time", "next_event"),
+            default="engagement_time",
+            help="GA4: time on an item = the sum of its events' engagement_time_msec (default, "
+            "GA4's own measure) or next_event (gap to the next later event of the session, "
+            "the UA hit-gap rule).",
+        )
+        source.add_argument(
+            "--user_id_field",
+            choices=("user_pseudo_id", "user_id"),
+            default="user_pseudo_id",
+            help="GA4: the visitor ID: user_pseudo_id (the device/browser) or user_id (your "
+            "site's own login ID, where set; events without it are dropped and counted).",
+        )
+        source.add_argument(
+            "--event_names",
+            default="",
+            help="GA4: comma-separated event names to keep, e.g. page_view,user_engagement "
+            "(default: all events).",
         )
         source.add_argument(
             "--content_dimension_index",
@@ -169,25 +201,59 @@ def _option_strings(cls: type) -> list[str]:
     return [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
 
 
+def is_ga4(options: PreprocessOptions) -> bool:
+    """Whether the input is a GA4 events export (BigQuery or NDJSON)."""
+    return bool(options.ga4_table) or (bool(options.input) and options.input_format == "ga4_json")
+
+
+def item_source(options: PreprocessOptions) -> str:
+    """``--item_source``, or the default of the input's schema."""
+    if options.item_source:
+        return options.item_source
+    return GA4_ITEM_SOURCE_DEFAULT if is_ga4(options) else GA360_ITEM_SOURCE_DEFAULT
+
+
+def event_names(options: PreprocessOptions) -> list[str]:
+    """``--event_names`` as a list (empty: every event)."""
+    return [name.strip() for name in (options.event_names or "").split(",") if name.strip()]
+
+
 def validate(options: PreprocessOptions) -> None:
     """Raises ``ValueError`` with a readable message when the flags do not make a job."""
     o = options
-    chosen = [name for name in ("bq_table", "query", "input") if getattr(o, name)]
+    chosen = [name for name in ("bq_table", "ga4_table", "query", "input") if getattr(o, name)]
     if len(chosen) != 1:
         raise ValueError(
-            "Give exactly one input: --bq_table, --query or --input "
+            "Give exactly one input: --bq_table, --ga4_table, --query or --input "
             f"(got {', '.join('--' + c for c in chosen) or 'none'})."
         )
-    if (o.start_date or o.end_date or o.include_intraday) and not o.bq_table:
-        raise ValueError("--start_date/--end_date/--include_intraday only apply to --bq_table.")
+    table = o.bq_table or o.ga4_table
+    if (o.start_date or o.end_date or o.include_intraday) and not table:
+        raise ValueError("--start_date/--end_date/--include_intraday only apply to --bq_table/--ga4_table.")
+    if is_ga4(o):
+        ga4.check_item_source(item_source(o))
+        bad = [name for name in event_names(o) if not ga4.NAME.match(name)]
+        if bad:
+            raise ValueError(f"--event_names must be letters, digits and underscores, got {bad}.")
+    else:
+        reads_ga360 = o.bq_table or (o.input and o.input_format == "ga_json")
+        if reads_ga360 and item_source(o) not in ITEM_SOURCES:
+            raise ValueError(f"--item_source for GA360 must be one of {', '.join(ITEM_SOURCES)}, "
+                             f"got {item_source(o)!r}.")
+        changed = [flag for flag, default in (("duration", "engagement_time"), ("user_id_field", "user_pseudo_id"),
+                                              ("event_names", "")) if getattr(o, flag) != default]
+        if changed:
+            raise ValueError(f"--{', --'.join(changed)} only apply to GA4 input (--ga4_table, --input_format ga4_json).")
     if bool(o.start_date) != bool(o.end_date):
         raise ValueError("Give both --start_date and --end_date, or neither.")
     for flag in ("start_date", "end_date"):
         value = getattr(o, flag)
         if value and not (len(value) == 8 and value.isdigit()):
             raise ValueError(f"--{flag} must be YYYYMMDD, got {value!r}.")
-    if o.bq_table and (o.bq_table.count(".") != 2 or any(c in o.bq_table for c in "`; \n")):
-        raise ValueError(f"--bq_table must look like PROJECT.DATASET.TABLE, got {o.bq_table!r}.")
+    for flag in ("bq_table", "ga4_table"):
+        value = getattr(o, flag)
+        if value and (value.count(".") != 2 or any(c in value for c in "`; \n'\"\\")):
+            raise ValueError(f"--{flag} must look like PROJECT.DATASET.TABLE, got {value!r}.")
     if o.content_dimension_index < 1:
         raise ValueError("--content_dimension_index must be >= 1.")
     if not o.hit_type or any(c in o.hit_type for c in "'\"\\"):
@@ -202,12 +268,12 @@ def validate(options: PreprocessOptions) -> None:
         raise ValueError("--num_shards must be >= 0.")
     if not o.output_dir:
         raise ValueError("--output_dir is required.")
-    if o.bq_table or o.query:
+    if table or o.query:
         # ReadFromBigQuery exports the query result to files under the temp location before
         # reading them: without a gs:// folder it fails late, after credential retries.
         temp = o.view_as(GoogleCloudOptions).temp_location or ""
         if not temp.startswith("gs://"):
             raise ValueError(
-                "Reading BigQuery (--bq_table/--query) needs --temp_location gs://BUCKET/tmp: "
+                "Reading BigQuery (--bq_table/--ga4_table/--query) needs --temp_location gs://BUCKET/tmp: "
                 f"BigQuery exports the rows there before they are read (got {temp or 'none'!r})."
             )

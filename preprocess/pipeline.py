@@ -1,6 +1,7 @@
 """The preprocessing pipeline graph, in one place.
 
     Read GA360 sessions ─► session hits ─► SessionizeHits ──┐   (GroupByKey by visitor)
+    Read GA4 events ─► event rows ─► TimeOnItems ───────────┤
     BigQuery SQL / interactions CSV ─► SumInteractions ──────┴► per visitor: (item, duration)...
         ├─► MedianDuration (CombineGlobally, exact) ──┐ side input
         └─► ScaleToRatings ◄──────────────────────────┘
@@ -26,8 +27,8 @@ import tensorflow_transform.beam as tft_beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-from preprocess import rating, records, sessionize, sources, split, transform
-from preprocess.options import PreprocessOptions
+from preprocess import ga4, rating, records, sessionize, sources, split, transform
+from preprocess.options import PreprocessOptions, event_names, item_source
 
 TRANSFORM_OUTPUT = "transform_output"
 DROPPED_DIR = "dropped"
@@ -48,20 +49,31 @@ class PipelineHandles:
 def read_interactions(pipeline: beam.Pipeline, options: PreprocessOptions):
     """The chosen source -> (per-visitor interactions, dropped rows)."""
     o = options
+    if o.ga4_table:
+        query = ga4.build_query(o.ga4_table, item_source(o), o.duration, o.user_id_field, event_names(o),
+                                o.start_date, o.end_date, o.include_intraday)
+        read = pipeline | "ReadFromBigQuery" >> sources.ReadInteractionsFromBigQuery(query)
+        return read.interactions | "SumInteractions" >> sessionize.SumInteractions(), read[sources.DROPPED]
     if o.bq_table or o.query:
         query = o.query or sources.build_query(
-            o.bq_table, o.item_source, o.content_dimension_index, o.hit_type, o.start_date, o.end_date
+            o.bq_table, item_source(o), o.content_dimension_index, o.hit_type, o.start_date, o.end_date,
+            o.include_intraday,
         )
         read = pipeline | "ReadFromBigQuery" >> sources.ReadInteractionsFromBigQuery(query)
         return read.interactions | "SumInteractions" >> sessionize.SumInteractions(), read[sources.DROPPED]
     if o.input_format == "interactions_csv":
         read = pipeline | "ReadInteractionsCsv" >> sources.ReadInteractionsCsv(o.input)
         return read.interactions | "SumInteractions" >> sessionize.SumInteractions(), read[sources.DROPPED]
+    if o.input_format == "ga4_json":
+        read = pipeline | "ReadGa4Events" >> ga4.ReadGa4Events(
+            o.input, item_source(o), o.duration, o.user_id_field, event_names(o)
+        )
+        return read.events | "TimeOnItems" >> ga4.TimeOnItems(o.duration), read[sources.DROPPED]
     if o.input_format == "hits_csv":
         read = pipeline | "ReadHitsCsv" >> sources.ReadHitsCsv(o.input, o.item_field)
     else:
         read = pipeline | "ReadGaSessions" >> sources.ReadGaSessions(
-            o.input, o.item_source, o.content_dimension_index, o.hit_type
+            o.input, item_source(o), o.content_dimension_index, o.hit_type
         )
     return read.hits | "SessionizeHits" >> sessionize.SessionizeHits(), read[sources.DROPPED]
 

@@ -78,16 +78,8 @@ def build_query(
     to the date part of their suffix as well.
     """
     item, item_join = item_sql(item_source, content_dimension_index)
-    looks_like_bq = table.count(".") == 2 and "(" not in table
-    table_ref = f"`{table}`" if looks_like_bq else table
-    wildcard = looks_like_bq and table.endswith("*")
-    if start_date:
-        suffix = "REGEXP_REPLACE(_TABLE_SUFFIX, '^intraday_', '')" if include_intraday else "_TABLE_SUFFIX"
-        table_filter = f"{suffix} BETWEEN '{start_date}' AND '{end_date}'"
-    elif wildcard and not include_intraday:
-        table_filter = "NOT STARTS_WITH(_TABLE_SUFFIX, 'intraday_')"
-    else:
-        table_filter = "TRUE"
+    table_ref, wildcard = table_reference(table)
+    table_filter = wildcard_filter(wildcard, start_date, end_date, include_intraday)
     hit_filter = "TRUE" if hit_type.upper() == "ALL" else f"h.type = '{hit_type}'"
     return schemas.read_text(SQL_FILE).format(
         table=table_ref,
@@ -96,6 +88,30 @@ def build_query(
         item=item,
         item_join=item_join,
     )
+
+
+def table_reference(table: str) -> tuple[str, bool]:
+    """``(FROM-clause text, is a BigQuery wildcard table)``: a ``PROJECT.DATASET.TABLE``
+    reference is quoted with backticks; anything else (a DuckDB ``read_json(...)``) is kept."""
+    looks_like_bq = table.count(".") == 2 and "(" not in table
+    return (f"`{table}`" if looks_like_bq else table), looks_like_bq and table.endswith("*")
+
+
+def wildcard_filter(
+    wildcard: bool, start_date: Optional[str], end_date: Optional[str], include_intraday: bool
+) -> str:
+    """The ``_TABLE_SUFFIX`` condition of a wildcard table read (``TRUE`` for other tables).
+
+    Both exports write a daily table and, for the current day, an ``..._intraday_YYYYMMDD``
+    table that the wildcard also matches (suffix ``intraday_YYYYMMDD``); it is left out unless
+    ``include_intraday``. A date range applies to the date part of either suffix.
+    """
+    if start_date:
+        suffix = "REGEXP_REPLACE(_TABLE_SUFFIX, '^intraday_', '')" if include_intraday else "_TABLE_SUFFIX"
+        return f"{suffix} BETWEEN '{start_date}' AND '{end_date}'"
+    if wildcard and not include_intraday:
+        return "NOT STARTS_WITH(_TABLE_SUFFIX, 'intraday_')"
+    return "TRUE"
 
 
 class ReadInteractionsFromBigQuery(beam.PTransform):
@@ -153,7 +169,7 @@ def parse_visit_number(value: Any) -> Optional[int]:
     return int(number)
 
 
-def _dead_letter(reason: str, record: Any) -> beam.pvalue.TaggedOutput:
+def dead_letter(reason: str, record: Any) -> beam.pvalue.TaggedOutput:
     counters.dropped(reason).inc()
     text = record if isinstance(record, str) else json.dumps(record, default=str)
     return beam.pvalue.TaggedOutput(DROPPED, json.dumps({"reason": reason, "record": text[:2000]}))
@@ -170,16 +186,16 @@ def decode_line(raw: Any) -> Optional[str]:
     return raw[1:] if raw.startswith("\ufeff") else raw
 
 
-def _undecodable(raw: bytes) -> beam.pvalue.TaggedOutput:
-    return _dead_letter("invalid_utf8", raw.decode("utf-8", "backslashreplace"))
+def undecodable(raw: bytes) -> beam.pvalue.TaggedOutput:
+    return dead_letter("invalid_utf8", raw.decode("utf-8", "backslashreplace"))
 
 
-def _read_lines(pattern: str, skip_header_lines: int = 0) -> beam.PTransform:
+def read_lines(pattern: str, skip_header_lines: int = 0) -> beam.PTransform:
     """Lines of the files as raw bytes (decoded per line by the parsers)."""
     return beam.io.ReadFromText(pattern, skip_header_lines=skip_header_lines, coder=coders.BytesCoder())
 
 
-def _visitor(value: Any) -> tuple[Optional[str], Optional[str]]:
+def visitor_id(value: Any) -> tuple[Optional[str], Optional[str]]:
     visitor, problem = ids.clean_id(value)
     if problem == ids.MISSING:
         return None, "missing_visitor_id"
@@ -188,7 +204,7 @@ def _visitor(value: Any) -> tuple[Optional[str], Optional[str]]:
     return visitor, None
 
 
-def _content(value: Any) -> tuple[Optional[str], Optional[str]]:
+def content_id(value: Any) -> tuple[Optional[str], Optional[str]]:
     """Content ID or None; only an ID with bad characters is an error (missing is normal)."""
     content, problem = ids.clean_id(value)
     if problem == ids.INVALID_CHARACTERS:
@@ -258,51 +274,51 @@ class ParseGaSessionFn(beam.DoFn):
     def process(self, raw: bytes) -> Iterable:
         line = decode_line(raw)
         if line is None:
-            yield _undecodable(raw)
+            yield undecodable(raw)
             return
         if not line.strip():
             return
         try:
             session = json.loads(line)
         except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
-            yield _dead_letter("malformed_json", line)
+            yield dead_letter("malformed_json", line)
             return
         if not isinstance(session, dict):
-            yield _dead_letter("malformed_json", line)
+            yield dead_letter("malformed_json", line)
             return
-        visitor, problem = _visitor(session.get("fullVisitorId"))
+        visitor, problem = visitor_id(session.get("fullVisitorId"))
         if problem:
-            yield _dead_letter(problem, line)
+            yield dead_letter(problem, line)
             return
         visit = parse_visit_number(session.get("visitNumber"))
         if visit is None:
-            yield _dead_letter("missing_visit_number", line)
+            yield dead_letter("missing_visit_number", line)
             return
         hits = session.get("hits")
         if not isinstance(hits, list):
-            yield _dead_letter("missing_hits", line)
+            yield dead_letter("missing_hits", line)
             return
         session_hits = []
         for hit in hits:
             if not isinstance(hit, dict):
-                yield _dead_letter("malformed_json", hit)
+                yield dead_letter("malformed_json", hit)
                 continue
             if self.hit_type is not None and hit.get("type") != self.hit_type:
                 counters.dropped("other_hit_type").inc()
                 continue
             time = parse_time(hit.get("time"))
             if time is None:
-                yield _dead_letter("invalid_time", {"fullVisitorId": visitor, "hit": hit})
+                yield dead_letter("invalid_time", {"fullVisitorId": visitor, "hit": hit})
                 continue
             try:
                 raw_items = hit_items(hit, self.item_source, self.content_dimension_index)
             except MalformedHit:
-                yield _dead_letter("malformed_hit", {"fullVisitorId": visitor, "hit": hit})
+                yield dead_letter("malformed_hit", {"fullVisitorId": visitor, "hit": hit})
                 continue
             for raw_item in raw_items:
-                item, problem = _content(raw_item)
+                item, problem = content_id(raw_item)
                 if problem:
-                    yield _dead_letter(problem, {"fullVisitorId": visitor, "hit": hit})
+                    yield dead_letter(problem, {"fullVisitorId": visitor, "hit": hit})
                 session_hits.append((time, item))
         if session_hits:
             yield visitor, (visit, tuple(session_hits))
@@ -319,7 +335,7 @@ class ReadGaSessions(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "ReadLines" >> _read_lines(self.pattern)
+            | "ReadLines" >> read_lines(self.pattern)
             | "ParseSessions" >> beam.ParDo(self.parse).with_outputs(DROPPED, main="hits")
         )
 
@@ -398,29 +414,29 @@ class ParseHitsCsvFn(beam.DoFn):
     def process(self, raw: bytes) -> Iterable:
         line = decode_line(raw)
         if line is None:
-            yield _undecodable(raw)
+            yield undecodable(raw)
             return
         if not line.strip():
             return
         row = _csv_row(line, self.width)
         if row is None:
-            yield _dead_letter("malformed_csv", line)
+            yield dead_letter("malformed_csv", line)
             return
-        visitor, problem = _visitor(row[self.pos["fullVisitorId"]])
+        visitor, problem = visitor_id(row[self.pos["fullVisitorId"]])
         if problem:
-            yield _dead_letter(problem, line)
+            yield dead_letter(problem, line)
             return
         visit = parse_visit_number(row[self.pos["visitNumber"]])
         if visit is None:
-            yield _dead_letter("missing_visit_number", line)
+            yield dead_letter("missing_visit_number", line)
             return
         time = parse_time(row[self.pos["time"]])
         if time is None:
-            yield _dead_letter("invalid_time", line)
+            yield dead_letter("invalid_time", line)
             return
-        item, problem = _content(row[self.pos[self.item_field]])
+        item, problem = content_id(row[self.pos[self.item_field]])
         if problem:
-            yield _dead_letter(problem, line)
+            yield dead_letter(problem, line)
         yield visitor, (visit, ((time, item),))
 
 
@@ -437,7 +453,7 @@ class ParseInteractionFn(beam.DoFn):
         if isinstance(element, bytes):
             text = decode_line(element)
             if text is None:
-                yield _undecodable(element)
+                yield undecodable(element)
                 return
             element = text
         if isinstance(element, str):
@@ -445,25 +461,25 @@ class ParseInteractionFn(beam.DoFn):
                 return
             row = _csv_row(element, self.width)
             if row is None:
-                yield _dead_letter("malformed_csv", element)
+                yield dead_letter("malformed_csv", element)
                 return
             visitor_raw, content_raw, duration_raw = (row[self.pos[c]] for c in self.COLUMNS)
         else:
             visitor_raw, content_raw, duration_raw = (element.get(c) for c in self.COLUMNS)
-        visitor, problem = _visitor(visitor_raw)
+        visitor, problem = visitor_id(visitor_raw)
         if problem:
-            yield _dead_letter(problem, element)
+            yield dead_letter(problem, element)
             return
-        content, problem = _content(content_raw)
+        content, problem = content_id(content_raw)
         if problem:
-            yield _dead_letter(problem, element)
+            yield dead_letter(problem, element)
             return
         if content is None:
             counters.dropped("hit_without_item").inc()
             return
         duration = _finite_number(duration_raw)
         if duration is None:
-            yield _dead_letter("invalid_duration", element)
+            yield dead_letter("invalid_duration", element)
             return
         yield visitor, (content, duration)
 
@@ -489,7 +505,7 @@ class ReadHitsCsv(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "ReadLines" >> _read_lines(self.pattern, skip_header_lines=1)
+            | "ReadLines" >> read_lines(self.pattern, skip_header_lines=1)
             | "ParseRows" >> beam.ParDo(self.parse).with_outputs(DROPPED, main="hits")
         )
 
@@ -505,6 +521,6 @@ class ReadInteractionsCsv(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "ReadLines" >> _read_lines(self.pattern, skip_header_lines=1)
+            | "ReadLines" >> read_lines(self.pattern, skip_header_lines=1)
             | "ParseRows" >> beam.ParDo(self.parse).with_outputs(DROPPED, main="interactions")
         )
