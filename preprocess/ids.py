@@ -1,7 +1,7 @@
 """Validation of raw visitor and content IDs.
 
 Vocabulary files are line-based (line i = raw ID of dense ID i), and batch predictions are
-``visitorId<TAB>contentId,...``: an ID holding a line break, a tab or any other control
+``visitorId<TAB>contentId<TAB>...``: an ID holding a line break, a tab or any other control
 character would corrupt both, so such IDs are rejected (and counted by the caller).
 Non-ASCII text is fine (files are UTF-8); leading or trailing spaces are kept as they are.
 """
