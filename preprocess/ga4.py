@@ -274,13 +274,17 @@ class ParseGa4EventFn(beam.DoFn):
             yield visitor, (session, time, name, item, engagement)
 
 
-class EngagementTimeFn(beam.DoFn):
-    """(visitor, [Ga4Event row, ...]) -> (visitor, ((item, Σ engagement ms), ...))."""
+class _VisitorTimeFn(beam.DoFn):
+    """A visitor's grouped Ga4Event rows -> their time on items; the counters both rules keep."""
 
     def __init__(self) -> None:
         self.sessions = counters.counter("sessions")
         self.nonpositive = counters.dropped("nonpositive_duration")
         self.overflow = counters.dropped("duration_overflow")
+
+
+class EngagementTimeFn(_VisitorTimeFn):
+    """(visitor, [Ga4Event row, ...]) -> (visitor, ((item, Σ engagement ms), ...))."""
 
     def process(self, element) -> Iterable[sessionize.VisitorInteractions]:
         visitor, rows = element
@@ -295,13 +299,8 @@ class EngagementTimeFn(beam.DoFn):
             yield visitor, kept
 
 
-class NextEventTimeFn(beam.DoFn):
+class NextEventTimeFn(_VisitorTimeFn):
     """(visitor, [Ga4Event row, ...]) -> (visitor, ((item, Σ gap ms), ...)), gaps as on UA hits."""
-
-    def __init__(self) -> None:
-        self.sessions = counters.counter("sessions")
-        self.nonpositive = counters.dropped("nonpositive_duration")
-        self.overflow = counters.dropped("duration_overflow")
 
     def process(self, element) -> Iterable[sessionize.VisitorInteractions]:
         visitor, rows = element
