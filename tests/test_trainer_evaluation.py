@@ -24,8 +24,12 @@ from trainer.errors import TrainerInputError
 from trainer.evaluation import (
     best_index,
     evaluate,
+    evaluate_popularity,
     evaluations_since_best,
+    item_popularity,
     keep_rows,
+    lift,
+    popularity_top_k,
     ranking_metrics,
     splitmix64,
     validation_mask,
@@ -74,6 +78,28 @@ def brute_force_evaluate(u, v, train_dense, test_dense, k, rows=None) -> dict:
     sets = [set(np.flatnonzero(test_dense[i]).tolist()) for i in rows]
     out = ref_metrics(rec, sets, k)
     out[f"coverage@{k}"] = len({int(x) for x in rec.ravel() if x >= 0}) / v.shape[0]
+    return out
+
+
+def pandas_popularity_evaluate(train_dense, test_dense, k, rows=None) -> dict:
+    """The most-popular baseline with pandas + plain Python: item count = distinct training
+    users (groupby nunique), ranking by (count desc, item ID asc), each user's training items
+    skipped, then the textbook metrics of :func:`ref_metrics` and the coverage."""
+    import pandas as pd
+
+    nitems = train_dense.shape[1]
+    rows = np.flatnonzero((test_dense != 0).any(axis=1)) if rows is None else rows
+    df = pd.DataFrame(np.argwhere(train_dense != 0), columns=["user", "item"])
+    counts = df.groupby("item")["user"].nunique().reindex(range(nitems), fill_value=0)
+    table = pd.DataFrame({"item": np.arange(nitems), "n": counts.to_numpy()})
+    ranking = table.sort_values(["n", "item"], ascending=[False, True])["item"].tolist()
+    seen = df.groupby("user")["item"].apply(set).to_dict()
+    rec = np.full((len(rows), k), -1, np.int64)
+    for r, u in enumerate(rows):
+        top = [j for j in ranking if j not in seen.get(int(u), set())][:k]
+        rec[r, : len(top)] = top
+    out = ref_metrics(rec, [set(np.flatnonzero(test_dense[u]).tolist()) for u in rows], k)
+    out[f"coverage@{k}"] = len({int(x) for x in rec.ravel() if x >= 0}) / nitems
     return out
 
 
@@ -211,6 +237,92 @@ def test_evaluate_refuses_mismatched_shapes():
         evaluate(u, v, good, CSR.from_dense(np.eye(4, 4)))
     with pytest.raises(TrainerInputError, match="same width"):
         evaluate(u, np.ones((4, 3)), good, good)
+
+
+# --------------------------------------------------------------------------- popularity baseline
+def test_popularity_hand_computed_example():
+    # 6 users x 6 items. Training users per item: 0 {u0,u3} = 2, 1 {u4} = 1, 2 {u0,u1,u2} = 3,
+    # 3 {u1,u4} = 2, 4 {u2} = 1, 5 {} = 0. u4's rating 50 on item 1 would put item 1 first if
+    # ratings were summed; counting users it is 4th. Ranking, ties to the lower ID:
+    # 2 (3), 0 (2), 3 (2), 1 (1), 4 (1), 5 (0).
+    train = np.zeros((6, 6))
+    for u, items in enumerate([[0, 2], [2, 3], [2, 4], [0], [1, 3], []]):
+        train[u, items] = 0.5
+    train[4, 1] = 50.0
+    np.testing.assert_array_equal(item_popularity(CSR.from_dense(train)), [2, 1, 3, 2, 1, 0])
+    # k = 2, the user's training items skipped:
+    #   u0 seen {0,2} -> [3, 1]   u1 seen {2,3} -> [0, 1]   u2 seen {2,4} -> [0, 3]
+    #   u3 seen {0}   -> [2, 3]   u4 seen {1,3} -> [2, 0]   u5 seen {}    -> [2, 0]
+    ids = popularity_top_k(item_popularity(CSR.from_dense(train)), CSR.from_dense(train), 2)
+    np.testing.assert_array_equal(ids, [[3, 1], [0, 1], [0, 3], [2, 3], [2, 0], [2, 0]])
+    # held out: u0 {1,5} rel 0 1; u1 {} not evaluated; u2 {0} rel 1 0; u3 {4,5} rel 0 0;
+    # u4 {2} rel 1 0; u5 {2} rel 1 0 (no training history: popularity still recommends)
+    test = np.zeros((6, 6))
+    for u, items in enumerate([[1, 5], [], [0], [4, 5], [2], [2]]):
+        test[u, items] = 1.0
+    d2 = 1 / math.log2(3)
+    ndcg_u0 = d2 / (1 + d2)  # hit at rank 2 of |T| = 2
+    want = {
+        "precision@2": (1 / 2 + 1 / 2 + 0 + 1 / 2 + 1 / 2) / 5,  # 0.4
+        "recall@2": (1 / 2 + 1 + 0 + 1 + 1) / 5,  # 0.7
+        "ndcg@2": (ndcg_u0 + 1 + 0 + 1 + 1) / 5,
+        "map@2": ((1 / 2) / 2 + 1 + 0 + 1 + 1) / 5,  # AP u0 = P@2 / min(2, 2) = 1/4 -> 0.65
+        "coverage@2": 4 / 6,  # {3, 1, 0, 2}: u1's list does not count (not evaluated)
+        "users": 5,
+    }
+    got = evaluate_popularity(CSR.from_dense(train), CSR.from_dense(test), 2)
+    assert_metrics_close(got, want)
+    assert got["precision@2"] == pytest.approx(0.4) and got["map@2"] == pytest.approx(0.65)
+    assert_metrics_close(got, pandas_popularity_evaluate(train, test, 2))
+
+
+@pytest.mark.parametrize("nusers,nitems,density,k,seed", [
+    (1, 1, 1.0, 1, 0), (30, 8, 0.4, 5, 1), (50, 20, 0.3, 10, 2), (200, 60, 0.1, 7, 3), (40, 12, 0.5, 12, 4),
+])
+def test_popularity_equals_plain_python(nusers, nitems, density, k, seed):
+    rng = np.random.default_rng(seed)
+    # skewed item probabilities, so there are both ties and clear leaders
+    p = np.minimum(1.0, density * 3 * rng.power(0.4, nitems))
+    train = np.where(rng.random((nusers, nitems)) < p, rng.uniform(0.1, 9.0, (nusers, nitems)), 0.0)
+    train[0, :] = 1.0  # every item seen: an all -1 list
+    if nusers > 2:
+        train[1, :] = 0.0  # no training history: the plain ranking
+        train[2, : nitems - 1] = 1.0  # one candidate left, fewer than k
+        train[2, nitems - 1] = 0.0
+    count = [sum(1 for u in range(nusers) if train[u, j] != 0) for j in range(nitems)]
+    ranking = sorted(range(nitems), key=lambda j: (-count[j], j))
+    want = np.full((nusers, k), -1, np.int64)
+    for u in range(nusers):
+        top = [j for j in ranking if train[u, j] == 0][:k]
+        want[u, : len(top)] = top
+    tr = CSR.from_dense(train)
+    np.testing.assert_array_equal(item_popularity(tr), count)
+    np.testing.assert_array_equal(popularity_top_k(item_popularity(tr), tr, k), want)
+    test = ((rng.random((nusers, nitems)) < 0.2) & (train == 0)).astype(float)
+    if nusers > 3:
+        test[3, :] = 0.0  # not evaluated
+    got = evaluate_popularity(tr, CSR.from_dense(test), k)
+    assert_metrics_close(got, pandas_popularity_evaluate(train, test, k))
+
+
+def test_popularity_top_k_refuses_bad_input():
+    tr = CSR.from_dense(np.eye(3, 4))
+    with pytest.raises(TrainerInputError, match="k must be"):
+        popularity_top_k(np.ones(4), tr, 0)
+    with pytest.raises(TrainerInputError, match="scores"):
+        popularity_top_k(np.ones(3), tr, 2)
+    with pytest.raises(TrainerInputError, match="users x items"):
+        evaluate_popularity(tr, CSR.from_dense(np.eye(4, 4)), 2)
+
+
+def test_lift_is_model_over_baseline_or_null():
+    model = {"precision@3": 0.2, "recall@3": 0.0, "ndcg@3": 0.3, "map@3": float("nan"),
+             "coverage@3": 0.5, "users": 7}
+    base = {"precision@3": 0.0, "recall@3": 0.0, "ndcg@3": 0.1, "map@3": 0.5,
+            "coverage@3": 0.1, "users": 7}
+    got = lift(model, base, 3)
+    assert got == {"precision@3": None, "recall@3": None, "ndcg@3": pytest.approx(3.0), "map@3": None}
+    assert lift({**model, "recall@3": 0.0}, {**base, "recall@3": 0.25}, 3)["recall@3"] == 0.0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -357,10 +469,11 @@ def _tb_scalars(out: pathlib.Path) -> dict:
     return logged
 
 
-def test_task_writes_metrics(split_dir, tmp_path):
+def test_task_writes_metrics(split_dir, tmp_path, caplog):
     out = tmp_path / "m"
-    rc = task.main(["--input_path", str(split_dir), "--output_dir", str(out), "--num_epochs", "4",
-                    "--eval_every", "2", "--eval_k", "5", *FAST])
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        rc = task.main(["--input_path", str(split_dir), "--output_dir", str(out), "--num_epochs", "4",
+                        "--eval_every", "2", "--eval_k", "5", *FAST])
     assert rc == 0
     train, test = _split()
     u, v = np.load(out / "row_factors.npy"), np.load(out / "col_factors.npy")
@@ -381,6 +494,26 @@ def test_task_writes_metrics(split_dir, tmp_path):
     for e in m["evaluations"]:
         for key in ("precision@5", "recall@5", "ndcg@5", "map@5", "coverage@5"):
             assert tb[f"eval/{key}", e["sweep"]] == pytest.approx(e[key], rel=1e-6)
+    # the most-popular baseline on the same users, by pandas; the lift = model / baseline
+    pop = m["baselines"]["popularity"]
+    base = pandas_popularity_evaluate(train, test, 5)
+    assert set(pop) == set(m["metrics"]) == set(base)
+    for key in base:
+        assert pop[key] == pytest.approx(base[key], rel=1e-12), key
+    assert 0 < pop["ndcg@5"] < m["metrics"]["ndcg@5"]  # the clustered data rewards the model
+    assert set(m["lift"]) == {"precision@5", "recall@5", "ndcg@5", "map@5"}
+    for key, val in m["lift"].items():
+        assert val == pytest.approx(want[key] / base[key], rel=1e-9), key
+    assert s["evaluation"]["baselines"] == m["baselines"] and s["evaluation"]["lift"] == m["lift"]
+    for key in base:
+        if "@" in key:
+            assert tb[f"baseline/popularity/{key}", 4] == pytest.approx(base[key], rel=1e-6), key
+    assert s["timing"]["baseline_seconds"] >= 0
+    # one log line with the model, the baseline and the lift (run_dataflow.sh users see it)
+    p, r = m["metrics"], pop
+    line = (f"held-out ndcg@5 {p['ndcg@5']:.4f} (popularity {r['ndcg@5']:.4f}, "
+            f"lift {p['ndcg@5'] / r['ndcg@5']:.2f}x)")
+    assert line in caplog.text
 
 
 def test_task_without_split_skips_evaluation(tmp_path, caplog, capsys):
@@ -435,6 +568,13 @@ def test_early_stopping_stops_and_restores_best(early_stopped, split_dir, tmp_pa
     want = brute_force_evaluate(u, v, train, test, 10, np.flatnonzero(has & ~val))
     for key in want:
         assert m["metrics"][key] == pytest.approx(want[key], rel=1e-9), key
+    # the baseline is evaluated on the same reported test half
+    base = pandas_popularity_evaluate(train, test, 10, np.flatnonzero(has & ~val))
+    assert m["baselines"]["popularity"]["users"] == m["users"]
+    for key in base:
+        assert m["baselines"]["popularity"][key] == pytest.approx(base[key], rel=1e-12), key
+    for key, v in m["lift"].items():
+        assert v == pytest.approx(want[key] / base[key], rel=1e-9), key
     tb = _tb_scalars(early_stopped)
     assert tb["validation/ndcg@10", ev[-1]["sweep"]] == pytest.approx(vals[-1], rel=1e-6)
     assert tb["eval/ndcg@10", es["best_sweep"]] == pytest.approx(m["metrics"]["ndcg@10"], rel=1e-6)

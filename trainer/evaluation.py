@@ -18,6 +18,11 @@ Each is averaged over the users with ``|T_u| ≥ 1`` (MAP@k = mean AP@k). ``cove
 :func:`trainer.recommend.top_k` (the training items are set to −inf there), then calls
 :func:`ranking_metrics`. It takes plain arrays, so it serves any model's factors.
 
+:func:`evaluate_popularity` is the most-popular baseline, scored by the same
+:func:`ranking_metrics` on the same users: every user gets the items with the most training
+users, best first, their own training items left out (:func:`item_popularity`,
+:func:`popularity_top_k`). :func:`lift` divides the model's metrics by the baseline's.
+
 :func:`validation_mask` splits held-out users into a validation half (early stopping) and a
 test half (reported) by a fixed hash of the dense user ID, so the split does not depend on the
 data order, the number of shards or the machine.
@@ -139,8 +144,103 @@ def evaluate(
         )
     else:
         ids = np.zeros((0, k), np.int64)
-    out = ranking_metrics(ids, test_user_items.take_rows(rows), k)
-    out[metric_key("coverage", k)] = np.unique(ids[ids >= 0]).size / max(shape[1], 1)
+    return _metrics_and_coverage(ids, test_user_items.take_rows(rows), k)
+
+
+def _metrics_and_coverage(ids: np.ndarray, test_rows: CSR, k: int) -> dict:
+    """:func:`ranking_metrics` of the lists ``ids`` (one row per row of ``test_rows``) plus
+    ``coverage@k`` = distinct recommended items / nitems."""
+    out = ranking_metrics(ids, test_rows, k)
+    out[metric_key("coverage", k)] = np.unique(ids[ids >= 0]).size / max(test_rows.shape[1], 1)
+    return out
+
+
+def _check_same_shape(train_user_items: CSR, test_user_items: CSR) -> None:
+    if train_user_items.shape != test_user_items.shape:
+        raise TrainerInputError(
+            f"train {train_user_items.shape} and test {test_user_items.shape} matrices must be "
+            "users x items of the same shape"
+        )
+
+
+# --------------------------------------------------------------------------- popularity baseline
+def item_popularity(train_user_items: CSR) -> np.ndarray:
+    """``n_j`` = the number of users with item ``j`` among their training items (int64,
+    length nitems; an item nobody has scores 0).
+
+    Users are counted, not ratings summed: the ratings are engagement scores (time on page),
+    so a sum would rank an item read at length by a few visitors above one that many visitors
+    opened, and "most popular" is the number of people who chose it (the usual baseline).
+    Every stored entry counts, whatever its rating (the same entries the model's lists skip).
+    """
+    # entries are unique within a row (CSR invariant), so a bincount of the column IDs counts users
+    return np.bincount(train_user_items.indices, minlength=train_user_items.shape[1]).astype(np.int64)
+
+
+def popularity_top_k(scores: np.ndarray, exclude: CSR, k: int) -> np.ndarray:
+    """The first ``k`` items of one global ranking that each row has not seen.
+
+    The ranking sorts the items by ``scores`` descending, ties to the lower item ID (so it is
+    deterministic); row ``u`` gets the first ``k`` items of it not in row ``u`` of
+    ``exclude``, −1 where fewer than ``k`` are left. Returns int64 ``[exclude.shape[0], k]``.
+
+    Cost O(nnz(exclude) log + nrows·k), without scoring every (row, item) pair: with
+    ``s_0 < s_1 < …`` the ranking positions of row ``u``'s excluded items, ``s_i − i`` is the
+    number of allowed items ranked above ``s_i`` (non-decreasing in ``i``), so the ``j``-th
+    allowed position (0-based) is::
+
+        p_j = j + #{i : s_i − i ≤ j}
+    """
+    k = _check_k(k)
+    sc = np.asarray(scores)
+    nrows, n = exclude.shape
+    if sc.shape != (n,) or not np.all(np.isfinite(sc)):
+        raise TrainerInputError(f"scores must be {n} finite numbers (one per item), got shape {sc.shape}")
+    out = np.full((nrows, k), -1, np.int64)
+    if n == 0 or nrows == 0:
+        return out
+    order = np.lexsort((np.arange(n), -sc))  # by score desc, then item ID asc
+    position = np.empty(n, np.int64)
+    position[order] = np.arange(n)
+    rows = exclude.row_ids()
+    # each row's excluded positions in ascending order (rows stay grouped: row-major keys)
+    keys = np.sort(rows * n + position[exclude.indices])
+    s = keys - rows * n
+    d = s - (np.arange(rows.size) - exclude.indptr[rows])  # s_i − i
+    near = d < k  # only these can shift one of the first k allowed positions
+    shifts = np.bincount(rows[near] * k + d[near], minlength=nrows * k).reshape(nrows, k)
+    p = np.arange(k) + np.cumsum(shifts, axis=1)
+    found = p < n
+    out[found] = order[p[found]]
+    return out
+
+
+def evaluate_popularity(train_user_items: CSR, test_user_items: CSR, k: int = 10) -> dict:
+    """The most-popular baseline, with the keys of :func:`evaluate`.
+
+    Every evaluated user (at least one test item, as in :func:`evaluate`) is shown the items
+    with the highest :func:`item_popularity` ``n_j`` on the training matrix (ties: lower item
+    ID), their own training items left out (the filtering the model's lists get), and the
+    lists go through the same :func:`ranking_metrics` and ``coverage@k``. Unlike the factor
+    model, it also recommends to a user without training items (the model's zero factor gives
+    such a user no list); the preprocessing keeps a training item for every held-out user.
+    """
+    k = _check_k(k)
+    _check_same_shape(train_user_items, test_user_items)
+    rows = np.flatnonzero(test_user_items.row_lengths() > 0)
+    ids = popularity_top_k(item_popularity(train_user_items), train_user_items.take_rows(rows), k)
+    return _metrics_and_coverage(ids, test_user_items.take_rows(rows), k)
+
+
+def lift(model: dict, baseline: dict, k: int) -> dict:
+    """``{"<metric>@k": model / baseline}`` for precision, recall, NDCG and MAP; ``None``
+    where the ratio is undefined (baseline 0, or either value NaN / missing)."""
+    out: dict = {}
+    for name in METRICS:
+        key = metric_key(name, k)
+        a, b = model.get(key), baseline.get(key)
+        ok = a is not None and b is not None and np.isfinite(a) and np.isfinite(b) and b > 0
+        out[key] = float(a) / float(b) if ok else None
     return out
 
 

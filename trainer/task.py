@@ -187,6 +187,10 @@ class _HeldOut:
     higher value) and only the untouched test half is reported, for the restored best factors.
     The evaluations and the best factors are kept in the checkpoint directory, so ``--resume``
     makes the same decisions as an uninterrupted run.
+
+    The reported users are also scored by the most-popular baseline
+    (:func:`trainer.evaluation.evaluate_popularity`), and ``metrics.json`` gets its figures
+    (``baselines.popularity``) and the model / baseline ratios (``lift``).
     """
 
     def __init__(
@@ -224,6 +228,7 @@ class _HeldOut:
         else:
             self.validation, self.test, self.halves = None, test, None
         self.evaluations: list[dict] = []
+        self.baseline_seconds: float | None = None  # set by finish()
         self.best: tuple[int, np.ndarray, np.ndarray] | None = None  # (sweep, U, V)
         self.ckpt_dir = ckpt.dir
         config = {"k": self.k, "every": self.every, "metric": self.key, "patience": self.patience,
@@ -343,7 +348,7 @@ class _HeldOut:
     def finish(self, model: WALSModel) -> dict:
         """Restores the best factors (early stopping) into ``model``, evaluates the reported
         users and returns the content of ``metrics.json``."""
-        from trainer.evaluation import best_index, evaluate
+        from trainer.evaluation import best_index, evaluate, evaluate_popularity, lift
 
         last = model.history[-1]["sweep"]
         early = None
@@ -377,9 +382,21 @@ class _HeldOut:
             self._log_scalars("eval", m, sweep)
         log.info("held-out evaluation of the %s factors (sweep %d, %d test users): %s",
                  factors, sweep, m["users"], _fmt(m))
+        # the most-popular baseline on exactly the reported users (the test half with early
+        # stopping), so that the two sets of figures and their ratio are comparable
+        t_base = time.perf_counter()
+        base = evaluate_popularity(self.train, self.test, self.k)
+        self.baseline_seconds = time.perf_counter() - t_base
+        self._log_scalars("baseline/popularity", base, sweep)
+        lifts = lift(m, base, self.k)
+        log.info("most-popular baseline (%d test users, %.2f s): %s",
+                 base["users"], self.baseline_seconds, _fmt(base))
+        log.info("held-out %s", _vs_baseline(m, base, lifts, self.k))
         return {
             "k": self.k,
             "metrics": m,
+            "baselines": {"popularity": base},
+            "lift": lifts,
             "users": m["users"],
             "factors": factors,
             "sweep": sweep,
@@ -406,6 +423,21 @@ def _remove(path: str) -> None:
 
 def _fmt(m: dict) -> str:
     return " ".join(f"{key}={val:.6g}" for key, val in m.items() if "@" in key)
+
+
+def _vs_baseline(
+    m: dict, base: dict, lifts: dict, k: int,
+    names: Sequence[str] = ("ndcg", "map", "precision", "recall"),
+) -> str:
+    """``ndcg@10 0.1234 (popularity 0.0500, lift 2.47x), map@10 ...``: the model's metric,
+    the most-popular baseline's and their ratio (``n/a`` where undefined)."""
+    parts = []
+    for name in names:
+        key = f"{name}@{k}"
+        ratio = lifts.get(key)
+        parts.append(f"{key} {m[key]:.4f} (popularity {base[key]:.4f}, "
+                     f"lift {'n/a' if ratio is None else f'{ratio:.2f}x'})")
+    return ", ".join(parts)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -644,14 +676,16 @@ def _train_and_write(
         "history": model.history,
         "factors_from_sweep": evaluation["sweep"] if evaluation else final["sweep"],
         "evaluation": None if evaluation is None else {
-            key: evaluation[key] for key in ("k", "metrics", "users", "factors", "sweep", "early_stopping")
+            key: evaluation[key]
+            for key in ("k", "metrics", "baselines", "lift", "users", "factors", "sweep", "early_stopping")
         },
         "timing": {
             "read_seconds": t_read,
             "fit_seconds_this_run": t_fit,
             "mean_seconds_per_sweep": sum(swept) / len(swept),
             "predict_seconds": t_pred,
-            "final_evaluation_seconds": t_eval if evaluation else None,
+            "final_evaluation_seconds": t_eval if evaluation else None,  # baseline included
+            "baseline_seconds": heldout.baseline_seconds if evaluation else None,
             "total_seconds_this_run": time.perf_counter() - t_start,
         },
         "environment": {
@@ -671,10 +705,14 @@ def _train_and_write(
     }
     fileio.write_json(fileio.join(out, SUMMARY), summary)
     log.info(
-        "done: loss=%.6g rwse=%.6g after %d sweeps%s; outputs in %s",
+        "done: loss=%.6g rwse=%.6g after %d sweeps%s;%s outputs in %s",
         final["loss"], final["rwse"], final["sweep"],
         "" if summary["factors_from_sweep"] == final["sweep"]
-        else f" (outputs hold the factors of sweep {summary['factors_from_sweep']})", out,
+        else f" (outputs hold the factors of sweep {summary['factors_from_sweep']})",
+        "" if evaluation is None else " held-out " + _vs_baseline(
+            evaluation["metrics"], evaluation["baselines"]["popularity"], evaluation["lift"],
+            evaluation["k"], names=("ndcg",)) + ";",
+        out,
     )
     return summary
 
