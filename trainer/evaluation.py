@@ -174,7 +174,8 @@ def item_popularity(train_user_items: CSR) -> np.ndarray:
     Every stored entry counts, whatever its rating (the same entries the model's lists skip).
     """
     # entries are unique within a row (CSR invariant), so a bincount of the column IDs counts users
-    return np.bincount(train_user_items.indices, minlength=train_user_items.shape[1]).astype(np.int64)
+    nitems = train_user_items.shape[1]
+    return np.bincount(train_user_items.indices, minlength=nitems).astype(np.int64)
 
 
 def popularity_top_k(scores: np.ndarray, exclude: CSR, k: int) -> np.ndarray:
@@ -195,7 +196,9 @@ def popularity_top_k(scores: np.ndarray, exclude: CSR, k: int) -> np.ndarray:
     sc = np.asarray(scores)
     nrows, n = exclude.shape
     if sc.shape != (n,) or not np.all(np.isfinite(sc)):
-        raise TrainerInputError(f"scores must be {n} finite numbers (one per item), got shape {sc.shape}")
+        raise TrainerInputError(
+            f"scores must be {n} finite numbers (one per item), got shape {sc.shape}"
+        )
     out = np.full((nrows, k), -1, np.int64)
     if n == 0 or nrows == 0:
         return out
