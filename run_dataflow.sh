@@ -2,6 +2,7 @@
 # GA360 -> recommendations.
 #
 #   ./run_dataflow.sh                      local run on the bundled sample (FnApiRunner), then training
+#   ./run_dataflow.sh --sample_schema ga4  the same, on the sample's GA4 form (same counts and median)
 #   ./run_dataflow.sh --runner DataflowRunner --project P --region R \
 #       --temp_location gs://B/tmp --output_dir gs://B/out --bq_table P.D.ga_sessions_* [flags]
 #   ./run_dataflow.sh --help               every flag
@@ -9,6 +10,9 @@
 # Flags other than the ones below go to `python -m preprocess` unchanged.
 #   --dry_run              print the commands (anywhere on the line); installs and runs nothing
 #   --skip_training        local run: stop after preprocessing (also skipped with your own --output_dir)
+#   --sample_schema S      local run on the bundled sample: ga360 (default; GA360 ga_sessions rows) or
+#                          ga4 (GA4 events rows of the same simulated visits, read with --item_source
+#                          event_param:article_id --duration engagement_time)
 # Relative local paths (--input, --output_dir, --setup_file, --temp_location, ...; --flag VALUE
 # or --flag=VALUE) are relative to the directory you call the script from; gs:// and other
 # URLs and absolute paths are passed as they are. The commands run in the repository.
@@ -20,6 +24,7 @@ CALLER_PWD="$PWD"
 REPO="$(cd "$(dirname "$0")" && pwd)"
 
 SAMPLE=data/ga_sample/ga_sessions_sample.json
+SAMPLE_GA4=data/ga_sample/ga4_events_sample.ndjson
 LOCAL_OUTPUT=output/preprocess
 LOCAL_MODEL=output/model
 
@@ -44,6 +49,8 @@ abspath() {  # abspath FLAG VALUE: VALUE, absolute if it is a relative local pat
 
 dry_run=0
 skip_training=0
+sample_schema=ga360
+sample_schema_given=0
 show_help=0
 runner=""
 args=()
@@ -53,6 +60,10 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry_run) ;;
     --skip_training) skip_training=1 ;;
+    --sample_schema=*) sample_schema="${1#*=}"; sample_schema_given=1 ;;
+    --sample_schema)
+      [ $# -ge 2 ] && [ -n "$2" ] && [[ "$2" != --* ]] || die "--sample_schema needs a value (ga360 or ga4)"
+      sample_schema="$2"; sample_schema_given=1; shift ;;
     -h|--help) show_help=1 ;;
     --*=*)
       name="${1%%=*}"; name="${name#--}"; value="${1#*=}"
@@ -79,6 +90,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 cd "$REPO"
+case "$sample_schema" in
+  ga360 | ga4) ;;
+  *) die "--sample_schema must be ga360 or ga4, got '$sample_schema'" ;;
+esac
 
 if [ "$show_help" = 1 ]; then
   awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$REPO/$(basename "$0")"
@@ -111,12 +126,18 @@ fi
 PY=.venv/bin/python
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
 
+own_input=0
+has_flag input || has_flag bq_table || has_flag ga4_table || has_flag query && own_input=1
+if [ "$sample_schema_given" = 1 ] && { [ "$own_input" = 1 ] || [ "$runner" = "DataflowRunner" ]; }; then
+  die "--sample_schema only applies to the local run on the bundled sample (no --input, --bq_table, --ga4_table or --query)"
+fi
+
 if [ "$runner" = "DataflowRunner" ]; then
   for f in project region temp_location output_dir; do
     has_flag "$f" || { echo "error: --runner DataflowRunner needs --$f" >&2; exit 2; }
   done
-  has_flag bq_table || has_flag query || has_flag input || {
-    echo "error: give an input: --bq_table, --query or --input gs://..." >&2; exit 2; }
+  has_flag bq_table || has_flag ga4_table || has_flag query || has_flag input || {
+    echo "error: give an input: --bq_table, --ga4_table, --query or --input gs://..." >&2; exit 2; }
   if ! has_flag sdk_container_image && ! has_flag setup_file; then
     args+=(--setup_file ./setup.py)
   fi
@@ -126,12 +147,21 @@ fi
 
 # Local run (FnApiRunner, the in-process runner that works offline).
 has_flag runner || args+=(--runner FnApiRunner)
-if ! has_flag input && ! has_flag bq_table && ! has_flag query; then
-  if [ ! -f "$SAMPLE" ]; then
-    echo "Generating the bundled GA360 sample ($SAMPLE, seeded)..." >&2
-    run "$PY" -m preprocess.sample_data --output "$SAMPLE"
+if [ "$own_input" = 0 ]; then
+  if [ "$sample_schema" = ga4 ]; then
+    SAMPLE="$SAMPLE_GA4"
+    # The GA4 form's article ID param and engagement times: the GA360 form's interactions.
+    sample_flags=(--input_format ga4_json --item_source event_param:article_id --duration engagement_time)
+  else
+    sample_flags=(--input_format ga_json)
   fi
-  args+=(--input "$SAMPLE" --input_format ga_json)
+  # Made again when missing or older than its generator (a sample of an older generator would
+  # not match the other form); generating takes seconds.
+  if [ ! -f "$SAMPLE" ] || [ "$SAMPLE" -ot preprocess/sample_data.py ]; then
+    echo "Generating the bundled sample's $sample_schema form ($SAMPLE, seeded)..." >&2
+    run "$PY" -m preprocess.sample_data --schema "$sample_schema" --output "$SAMPLE"
+  fi
+  args+=(--input "$SAMPLE" "${sample_flags[@]}")
   # Hold out 20% of each user's interactions so the trainer reports held-out metrics.
   has_flag test_fraction || args+=(--test_fraction 0.2)
 fi

@@ -18,6 +18,7 @@ import subprocess
 import pytest
 from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions
 
+from preprocess import sample_data
 from preprocess.options import PreprocessOptions, validate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -119,6 +120,79 @@ def test_path_flag_without_value(caller, args):
     assert "needs a value" in line
 
 
+# ------------------------------------------------------------------------------ the bundled sample's two forms
+def sample_commands(args, cwd) -> tuple[list, list]:
+    """(generator command or [], preprocess argv) of a dry run on the bundled sample."""
+    cmds = printed(run(["--dry_run", "--skip_training", *args], cwd))
+    generate = [c for c in cmds if c[1:3] == ["-m", "preprocess.sample_data"]]
+    (job,) = [c for c in cmds if c[1:3] == ["-m", "preprocess"]]
+    assert len(generate) <= 1 and len(cmds) == len(generate) + 1
+    return (generate[0] if generate else []), preprocess_argv(job)
+
+
+@pytest.mark.parametrize("args", [["--sample_schema", "ga4"], ["--sample_schema=ga4"]])
+def test_sample_schema_ga4_reads_the_ga4_form_with_the_matching_flags(caller, args):
+    generate, argv = sample_commands(args, caller)
+    options = PreprocessOptions(argv)
+    validate(options)
+    assert options.input == sample_data.DEFAULT_OUTPUT["ga4"]  # relative to the repository
+    assert (options.input_format, options.item_source, options.duration) == (
+        "ga4_json", "event_param:article_id", "engagement_time")
+    # The flags the generator's docstring promises give the GA360 form's interactions.
+    flags = sample_data.GA4_READER_FLAGS
+    assert [argv[argv.index(f) + 1] for f in flags[::2]] == list(flags[1::2])
+    assert options.test_fraction == 0.2 and options.bq_table is None and options.ga4_table is None
+    if generate:  # printed when the file is missing or older than its generator
+        assert generate[3:] == ["--schema", "ga4", "--output", sample_data.DEFAULT_OUTPUT["ga4"]]
+
+
+@pytest.mark.parametrize("args", [[], ["--sample_schema", "ga360"]])
+def test_sample_schema_defaults_to_ga360(caller, args):
+    generate, argv = sample_commands(args, caller)
+    options = PreprocessOptions(argv)
+    assert (options.input, options.input_format, options.item_source) == (
+        sample_data.DEFAULT_OUTPUT["ga360"], "ga_json", None)
+    assert "--duration" not in argv
+    if generate:
+        assert generate[3:] == ["--schema", "ga360", "--output", sample_data.DEFAULT_OUTPUT["ga360"]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sample_schema", "ga5"], "must be ga360 or ga4"),
+    (["--sample_schema"], "needs a value"),
+    (["--sample_schema", "ga4", "--input", "x.json"], "only applies to the local run"),
+    (["--sample_schema", "ga360", *GCP, "--bq_table", "p.d.t"], "only applies to the local run"),
+])
+def test_sample_schema_refused(caller, args, message):
+    p = run(["--dry_run", *args], caller)
+    assert p.returncode == 2 and message in p.stderr and not p.stdout
+
+
+def test_sample_made_again_when_older_than_its_generator(stand_in, tmp_path):
+    """A sample left by an older generator is regenerated (the two forms must come from one)."""
+    (stand_in / "preprocess").mkdir()
+    generator = stand_in / "preprocess" / "sample_data.py"
+    sample = stand_in / sample_data.DEFAULT_OUTPUT["ga360"]
+    sample.parent.mkdir(parents=True)
+    generator.write_text("")
+    sample.write_text("")
+    script = stand_in / "run_dataflow.sh"
+    for sample_time, regenerated in ((1_000, True), (3_000, False)):
+        os.utime(generator, (2_000, 2_000))
+        os.utime(sample, (sample_time, sample_time))
+        cmds = printed(run(["--dry_run", "--skip_training"], tmp_path, script=script))
+        assert any(c[1:3] == ["-m", "preprocess.sample_data"] for c in cmds) == regenerated
+
+
+def test_dataflow_input_may_be_a_ga4_table(caller):
+    (cmd,) = printed(run(["--dry_run", *GCP, "--ga4_table", "p.d.events_*"], caller))
+    options = PreprocessOptions(preprocess_argv(cmd))
+    validate(options)
+    assert options.ga4_table == "p.d.events_*" and options.input is None
+    p = run(["--dry_run", *GCP], caller)  # the control: no input at all is refused
+    assert p.returncode == 2 and "--ga4_table" in p.stderr and not p.stdout
+
+
 # ------------------------------------------------------------------------------ dry run runs nothing
 RECORDER = """#!/usr/bin/env bash
 printf '%s\\n' "$(basename "$0") $*" >> "$RECORD"
@@ -145,7 +219,9 @@ def stand_in(tmp_path) -> pathlib.Path:
 @pytest.mark.parametrize("argv", [
     ["--dry_run"],
     ["--skip_training", "--dry_run"],
+    ["--sample_schema", "ga4", "--dry_run"],
     [*GCP, "--bq_table", "p.d.t", "--dry_run"],
+    [*GCP, "--ga4_table", "p.d.events_*", "--dry_run"],
     ["--dry_run", *GCP, "--input", "gs://b/x.json"],
     ["--help", "--dry_run"],
 ])
