@@ -10,9 +10,10 @@ and rebuilt when the pipeline command changes):
 * ``ga_export``: the real GA export ``../shared/data/ga_sessions_20170801.csv``
   (``--input_format hits_csv --item_field productSKU``);
 * ``bundled``: the bundled GA360 sample ``data/ga_sample/ga_sessions_sample.json``
-  (``--input_format ga_json``; generated with ``python -m preprocess.sample_data`` if absent).
-  Its generator draws every page view from one global popularity law (no per-user taste), so
-  the best possible ranking there is by popularity: it tests that a model does not do worse;
+  (``--input_format ga_json``; generated with ``python -m preprocess.sample_data`` if absent or
+  older than its generator). Its generator gives each visitor a few preferred sections (topics)
+  and draws reads by taste, popularity within the section and recency, dwell rising with the
+  taste (see its docstring), so a per-user model can beat a popularity ranking there;
 * ``ml100k``: :func:`benchmarks.synthetic.movielens_100k_like` (seed 0, per-user rank-8
   taste) written by ``python -m benchmarks.synthetic --dataset 100k`` (``--input_format
   interactions_csv``).
@@ -130,6 +131,7 @@ class DataSet:
     input_path: str  # relative to the repo
     pipeline_flags: tuple[str, ...]
     make_input: tuple[str, ...] | None = None  # command that creates input_path when missing
+    generator: str | None = None  # make_input's source (repo path): an older input is made again
 
 
 DATASETS: dict[str, DataSet] = {
@@ -141,10 +143,11 @@ DATASETS: dict[str, DataSet] = {
     ),
     "bundled": DataSet(
         "bundled",
-        "bundled GA360 sample (preprocess.sample_data; popularity only, no per-user taste)",
+        "bundled GA360 sample (preprocess.sample_data: section tastes, popularity, recency)",
         "data/ga_sample/ga_sessions_sample.json",
         ("--input_format", "ga_json"),
         ("-m", "preprocess.sample_data", "--output", "data/ga_sample/ga_sessions_sample.json"),
+        "preprocess/sample_data.py",
     ),
     "ml100k": DataSet(
         "ml100k",
@@ -166,16 +169,24 @@ def pipeline_command(ds: DataSet) -> list[str]:
 
 def prepare(ds: DataSet) -> tuple[str, list[str]]:
     """Runs the pipeline for ``ds`` unless ``data/bench/NAME`` already holds the output of the
-    same command; returns the output dir and the command."""
+    same command on the current input; returns the output dir and the command."""
     out = os.path.join(BENCH_DATA, ds.name)
     cmd = pipeline_command(ds)
     stamp = os.path.join(BENCH_DATA, f"{ds.name}.command.json")
-    if os.path.exists(os.path.join(out, "metadata.json")) and os.path.exists(stamp):
+    input_path = os.path.join(REPO, ds.input_path)
+    stale_input = ds.make_input is not None and (
+        not os.path.exists(input_path)
+        or (ds.generator is not None
+            and os.path.getmtime(input_path) < os.path.getmtime(os.path.join(REPO, ds.generator))))
+    meta = os.path.join(out, "metadata.json")
+    cached = (not stale_input and os.path.exists(meta) and os.path.exists(stamp)
+              and (not os.path.exists(input_path) or os.path.getmtime(meta) >= os.path.getmtime(input_path)))
+    if cached:  # an output older than its input was made from an older input
         with open(stamp) as f:
             if json.load(f) == cmd:
                 return out, cmd
     os.makedirs(BENCH_DATA, exist_ok=True)
-    if ds.make_input is not None and not os.path.exists(os.path.join(REPO, ds.input_path)):
+    if stale_input:
         print(f"[{ds.name}] creating the input: {shlex.join(ds.make_input)}", flush=True)
         subprocess.run([sys.executable, *ds.make_input], cwd=REPO, check=True)
     print(f"[{ds.name}] preprocessing: {shlex.join(cmd)}", flush=True)

@@ -13,7 +13,7 @@ Generative model
 ----------------
 Days ``d = 0 … D−1`` (``D = 14``, from 2024-03-04 UTC); ``T = 12`` sections (topics).
 
-*Articles* ``i = 1 … I``: a 9-digit ID; a topic ``z_i ~ Categorical(π)``, ``π_t ∝ (t + 3)^−1``;
+*Articles* ``i = 1 … I``: a 9-digit ID (``10⁸ +`` a draw without replacement from ``[0, 3·10⁸)``); a topic ``z_i ~ Categorical(π)``, ``π_t ∝ (t + 3)^−1``;
 a publication day ``p_i ~ Uniform{−7, …, D−1}`` (a week of back catalogue); a within-topic
 popularity ``q_i = (r_i + 2)^−α`` (``α = 1``) where ``r_i`` is the article's rank in a random
 order of its topic (a power law inside each topic). Freshness on day ``d``:
@@ -21,13 +21,15 @@ order of its topic (a power law inside each topic). Freshness on day ``d``:
 (Only a tiny catalogue can have a topic with nothing published by day ``d``; its reads then
 come from all articles, as random clicks do.)
 
-*Visitors* ``u``: ``K_u = 1 + Binomial(2, ½)`` preferred topics, drawn without replacement with
+*Visitors* ``u``: a 19-digit ID; ``K_u = 1 + Binomial(2, ½)`` preferred topics, drawn without replacement with
 probabilities ``π``, weights ``θ_u ~ Dirichlet(1, …, 1)`` over them (``θ_ut = 0`` elsewhere): the
 visitor's affinity for topic ``t``. Loyalty ``λ_u ~ Gamma(shape ½, scale 2)``; sessions
-``S_u = 1 + Poisson(λ_u)`` (at most 40; heavy-tailed: most visitors come once, a few daily),
-placed uniformly in the fortnight, sorted, at least 3 h apart; ``visitNumber`` counts them.
+``S_u = 1 + Poisson(λ_u)`` (at most 40; heavy-tailed: most visitors come once, a few daily);
+their starts are ``S_u`` uniform points of ``[0, 14 d − S_u·3 h)``, sorted, the ``k``-th (from 0)
+moved ``k·3 h`` later: inside the fortnight, at least 3 h apart; ``visitNumber`` counts them.
 
-*Page views*: ``N_s ~ Geometric(0.4)`` per session (at most 25). Each page view on day ``d``:
+*Page views*: ``N_s ~ Geometric(0.4)`` per session (at most 25). Each page view, with ``d`` the
+session's start day:
 
 * with probability 0.12 a section page (no article ID): the visitor's section
   ``t ~ Categorical(θ_u)``, or the home page ``/`` (a third of them);
@@ -44,7 +46,8 @@ the dwell. A session's first page carries campaign parameters (``?utm_source=…
 probability 0.2.
 
 Clicks thus follow per-visitor taste (topics), popularity within a topic, and recency; dwell
-grows with the taste. :func:`catalogue` exposes the articles' topics and publication days
+grows with the taste; section pages, random clicks and non-page events (scroll; in GA4 also
+session_start and user_engagement) are the noise. :func:`catalogue` exposes the articles' topics and publication days
 (:func:`item_topics`: ID -> section) so tests can check that the structure is there.
 
 The two forms
@@ -65,6 +68,10 @@ Page ``k`` of a session starts at ``T_k = Σ_{j<k} dwell_j`` ms after the sessio
   ``page_location`` (``https://news.example.com`` + the GA360 pagePath), ``page_title``, and
   on article pages the param ``article_id``. ``user_pseudo_id`` = GA360's ``fullVisitorId``.
   INT64 values are JSON numbers.
+
+At the defaults (150,000 visitors, 4,000 articles, seed 42): 300,064 sessions, 748,892 page
+views; 200 MB of GA360 rows, 910 MB of GA4 rows (1,745,165 events); the pipeline finds 369,936
+interactions of 105,560 visitors with 3,930 articles, median duration 36.75 s.
 
 So the GA360 reader's defaults (custom dimension 10, ``PAGE`` hits, next-hit gaps) and the GA4
 reader with ``--item_source event_param:article_id --duration engagement_time``
@@ -262,16 +269,16 @@ def simulate(n_visitors: int = DEFAULT_VISITORS, n_items: int = 4_000, seed: int
     page_topic = liked[page_visitor, np.minimum(k, 2)]
 
     # Articles: topical reads from (topic, day) blocks, random clicks from (day) blocks.
-    everything = [cat.popularity * _freshness(cat, d) for d in range(DAYS)]
+    day_weights = [cat.popularity * _freshness(cat, d) for d in range(DAYS)]
     # A tiny catalogue may have no article yet on a day (or in a topic): fall back to all
     # published ones (to all articles).
-    everything = [w if w.any() else cat.popularity for w in everything]
+    day_weights = [w if w.any() else cat.popularity for w in day_weights]
     topical = _BlockSampler([
-        (np.flatnonzero(cat.topic == t), everything[d][cat.topic == t])
-        if everything[d][cat.topic == t].any() else (np.arange(n_items), everything[d])
+        (np.flatnonzero(cat.topic == t), day_weights[d][cat.topic == t])
+        if day_weights[d][cat.topic == t].any() else (np.arange(n_items), day_weights[d])
         for t in range(n_topics) for d in range(DAYS)
     ])
-    random_clicks = _BlockSampler([(np.arange(n_items), w) for w in everything])
+    random_clicks = _BlockSampler([(np.arange(n_items), w) for w in day_weights])
     u = rng.random(n_page_total)
     is_random = rng.random(n_page_total) < random_click
     item = np.where(
