@@ -179,7 +179,19 @@ if [ "$skip_training" = 0 ] && [ "$own_output" = 0 ]; then
     echo
     echo "Outputs: $LOCAL_OUTPUT (TFRecords, vocabularies, metadata.json), $LOCAL_MODEL (factors, batch_pred.txt, metrics.json, export/)"
     if [ -f "$LOCAL_MODEL/metrics.json" ]; then
-      "$PY" -c 'import json, sys; m = json.load(open(sys.argv[1]))["metrics"]; print("Held-out metrics: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))' "$LOCAL_MODEL/metrics.json"
+      # The model next to the most-popular baseline, scored on the same held-out users.
+      "$PY" - "$LOCAL_MODEL/metrics.json" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+model, lift = report["metrics"], report.get("lift", {})
+baseline = report.get("baselines", {}).get("popularity", {})
+show = lambda v: "n/a" if v is None else f"{v:.4f}"
+print(f"Held-out metrics, {model['users']} users: model | most-popular baseline | lift = model / baseline")
+for name, value in model.items():
+    if "@" in name:
+        ratio = "-" if name not in lift else "n/a" if lift[name] is None else f"{lift[name]:.2f}x"
+        print(f"  {name:<13} {show(value)} | {show(baseline.get(name))} | {ratio}")
+PY
     fi
     echo "Recommendations for the first 5 users (visitorId<TAB>contentIds, best first):"
     head -n 5 "$LOCAL_MODEL/batch_pred.txt"
