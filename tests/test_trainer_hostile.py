@@ -23,6 +23,9 @@ from trainer_fixtures import (  # noqa: E402
     REPO, numpy_fold_in, numpy_topk, random_ratings, write_dataset, write_test_split,
 )
 
+from tolerances import (  # noqa: E402
+    assert_rows_within, assert_topk_consistent, dot_tolerance, solve_tolerance,
+)
 from trainer import task  # noqa: E402
 
 NUSERS, NITEMS, K, LAM = 14, 9, 3, 0.5
@@ -243,6 +246,41 @@ def exported(data_dir, tmp_path_factory):
 CAP = 1.0  # write_dataset's rating cap (metadata.json "rating" block)
 
 
+def _fold_in_row(items, ratings, objective, w0=0.0, alpha=0.0):
+    """The dense ``(target, weights)`` row (1 × NITEMS) that :func:`numpy_fold_in` solves."""
+    target, weights = np.zeros((1, NITEMS)), np.full((1, NITEMS), 1.0 if objective == "implicit" else w0)
+    for j, r in zip(items, ratings):
+        if objective == "implicit":
+            weights[0, j], target[0, j] = 1.0 + alpha * r, float(r > 0)
+        else:
+            weights[0, j], target[0, j] = w0 + 1.0, r
+    return target, weights
+
+
+def _check_fold_in(r, v, given_items, merged, objective, w0=0.0, alpha=0.0):
+    """The SavedModel's ``fold_in`` answer ``r`` against the float64 closed form for the
+    ``merged`` (distinct, clipped) ratings: the embedding within (X) for a float64 solve stored
+    in float32, the scores within that error times ‖v_j‖ plus γ_k of the float32 dot product,
+    the list a correct top-k under those bounds (tests/tolerances.py)."""
+    items, ratings = [j for j, _ in merged], [x for _, x in merged]
+    want = numpy_fold_in(v, items, ratings, objective, LAM, w0=w0, alpha=alpha)
+    target, weights = _fold_in_row(items, ratings, objective, w0, alpha)
+    tol = solve_tolerance(v, target, weights, LAM, np.float64, output_dtype=np.float32)
+    emb = r["embedding"].numpy()
+    assert np.all(np.isfinite(emb)), emb
+    assert_rows_within(emb, want, tol, "fold_in embedding")
+    n = int(r["count"].numpy())
+    kk = r["scores"].shape[0]
+    ids = np.full((1, kk), -1)
+    ids[0, :n] = [ITEMS.index(c.decode()) for c in r["content_ids"].numpy()[:n]]
+    scores = np.full((1, kk), -np.inf)
+    scores[0, :n] = r["scores"].numpy()[:n]
+    assert np.all(np.isfinite(scores[0, :n])), scores
+    seen = np.isin(np.arange(NITEMS), list(given_items))[None, :]
+    assert_topk_consistent(ids, scores, want[None, :] @ v.T.astype(np.float64),
+                           dot_tolerance(want[None, :], v, np.float32, q_err=tol), seen, kk)
+
+
 @pytest.mark.parametrize("objective", ["implicit", "wals"])
 @pytest.mark.parametrize("given,merged", [
     ([(0, 1e8), (3, 0.5)], [(0, CAP), (3, 0.5)]),
@@ -259,18 +297,10 @@ def test_fold_in_extreme_ratings_equal_float64_closed_form(exported, objective, 
     r = m.signatures["fold_in"](content_ids=tf.constant([ITEMS[j] for j, _ in given]),
                                 ratings=tf.constant([x for _, x in given], tf.float32), k=tf.constant(9))
     v = np.load(out / "col_factors.npy")
-    want = numpy_fold_in(v, [j for j, _ in merged], [x for _, x in merged], objective, LAM,
-                         w0=0.05, alpha=10.0)
-    emb = r["embedding"].numpy()
-    assert np.all(np.isfinite(emb)), emb
-    np.testing.assert_allclose(emb, want, rtol=1e-4, atol=1e-5)
-    n = int(r["count"].numpy())
-    scores = r["scores"].numpy()[:n]
-    assert np.all(np.isfinite(scores)), scores
-    given_items = {j for j, _ in merged}
-    ref = numpy_topk((want @ v.T.astype(np.float64))[None, :], np.isin(np.arange(NITEMS), list(given_items))[None, :], 9)[0]
-    assert [c.decode() for c in r["content_ids"].numpy()[:n]] == [ITEMS[j] for j in ref]
-    np.testing.assert_allclose(scores, want @ v.T.astype(np.float64)[:, ref], rtol=1e-4, atol=1e-5)
+    # the oracle gets exactly the model's input: the float32 ratings, summed in float64, clipped
+    exact = [(j, min(sum(float(np.float32(x)) for i, x in given if i == j), CAP)) for j, _ in merged]
+    assert np.allclose([x for _, x in exact], [x for _, x in merged], rtol=2**-23, atol=0)
+    _check_fold_in(r, v, {j for j, _ in merged}, exact, objective, w0=0.05, alpha=10.0)
     clipped = sum(1 for (j, x) in merged if x == CAP and sum(y for i, y in given if i == j) > CAP)
     assert int(r["clipped_ratings"].numpy()) == clipped
 
@@ -295,11 +325,12 @@ def test_fold_in_cap_without_a_rating_block_is_the_largest_training_rating(tmp_p
     root = write_dataset(tmp_path / "prep", d, USERS, ITEMS, rating_cap=None)
     out = tmp_path / "m"
     assert _main(["--input_path", str(root), "--output_dir", str(out), "--no_batch_pred", *FAST]) == 0
-    assert json.loads((out / "training_summary.json").read_text())["data"]["rating_cap"] == pytest.approx(d.max())
+    # no arithmetic: the largest stored (float32) rating, and JSON round-trips a double exactly
+    assert json.loads((out / "training_summary.json").read_text())["data"]["rating_cap"] == d.max()
     m = tf.saved_model.load(str(out / "export"))
     r = m.signatures["fold_in"](content_ids=tf.constant([ITEMS[2]]), ratings=tf.constant([1e8]), k=tf.constant(3))
-    want = numpy_fold_in(np.load(out / "col_factors.npy"), [2], [float(np.float32(d.max()))], "implicit", LAM, alpha=10.0)
-    np.testing.assert_allclose(r["embedding"].numpy(), want, rtol=1e-4, atol=1e-5)
+    _check_fold_in(r, np.load(out / "col_factors.npy"), {2}, [(2, float(np.float32(d.max())))],
+                   "implicit", alpha=10.0)
 
 
 # --------------------------------------------------------------------------- 4. flags and files
