@@ -10,7 +10,13 @@ import sys as _sys
 # trainer_fixtures sits beside this file (importable with or without tests/__init__.py)
 _sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
 
-from trainer_fixtures import dense_weights, numpy_solve_rows, numpy_topk, random_ratings
+from tolerances import (
+    assert_rows_within,
+    assert_topk_consistent,
+    dot_tolerance,
+    solve_tolerance,
+)
+from trainer_fixtures import numpy_solve_rows, numpy_topk, random_ratings
 
 from trainer.errors import TrainerInputError
 from trainer.recommend import read_batch_predictions, top_k, write_batch_predictions
@@ -19,13 +25,14 @@ from trainer.wals import WALSModel
 from trainer.weights import Weighting
 
 
-def _check(ids, scores, ref, q, t):
-    for i, want in enumerate(ref):
-        got = [int(j) for j in ids[i] if j >= 0]
-        assert got == want, (i, got, want)
-        assert np.all(ids[i, len(want):] == -1)
-        assert np.all(np.isneginf(scores[i, len(want):]))
-        np.testing.assert_allclose(scores[i, : len(want)], (q[i] @ t.T)[want], rtol=1e-5, atol=1e-6)
+def _check(ids, scores, ref, q, t, seen, n):
+    """Against the float64 scores: each float32 score within γ_k|q|·|t| (tests/tolerances.py)
+    and the lists a correct top-n under that error: only targets whose exact scores are within
+    the summed bounds may swap, so wherever the data has no such near-tie the lists are the
+    ``np.argsort`` ranking. ``ref`` (NumPy's lists) marks the queries that get none."""
+    exact = q.astype(np.float64) @ t.T.astype(np.float64)
+    empty = np.array([len(r) == 0 for r in ref])
+    assert_topk_consistent(ids, scores, exact, dot_tolerance(q, t, np.float32), seen, n, empty=empty)
 
 
 @pytest.mark.parametrize("n,batch_size", [(4, 3), (20, 1000)])  # several blocks; N > ntargets
@@ -41,12 +48,12 @@ def test_top_k_with_filter_equals_argsort(n, batch_size):
     assert ids.shape == (9, n) and scores.shape == (9, n)
     ref = numpy_topk(q @ t.T, seen, n)
     ref[5] = []
-    _check(ids, scores, ref, q, t)
+    _check(ids, scores, ref, q, t, seen, n)
     # and without filtering
     ids, scores = top_k(q, t, n, batch_size=batch_size)
     ref = numpy_topk(q @ t.T, np.zeros_like(seen), n)
     ref[5] = []
-    _check(ids, scores, ref, q, t)
+    _check(ids, scores, ref, q, t, np.zeros_like(seen), n)
 
 
 def test_write_batch_predictions_tab_format_and_n_above_the_targets(tmp_path):
@@ -90,46 +97,125 @@ def fitted():
 
 
 def test_model_recommend_and_recommend_users(fitted):
+    """Both directions, filtered or not, against float64 scores (see :func:`_check`)."""
     d, model = fitted
     u, v = model.user_factors, model.item_factors
     users = np.array([0, 7, 12, 29, 12])
-    ids, _ = model.recommend(users, N=5)
-    ref = numpy_topk(u[users] @ v.T, d[users] != 0, 5)
-    ref[1] = []  # user 7 has no interactions → zero factor → nothing
-    assert [[int(j) for j in r if j >= 0] for r in ids] == ref
-    ids, _ = model.recommend(users, N=5, filter_already_liked_items=False)
-    ref = numpy_topk(u[users] @ v.T, np.zeros((5, 19), bool), 5)
-    ref[1] = []
-    assert [[int(j) for j in r if j >= 0] for r in ids] == ref
+    items = np.array([0, 5, 18])
+    assert np.all(u[7] == 0)  # user 7 has no interactions → zero factor → nothing
+    for fn, ids_in, q, t, seen, n in (
+        (model.recommend, users, u[users], v, d[users] != 0, 5),
+        (model.recommend_users, items, v[items], u, d.T[items] != 0, 6),
+    ):
+        for filtered in (True, False):
+            ids, scores = fn(ids_in, N=n, filter_already_liked_items=filtered)
+            assert_topk_consistent(
+                ids, scores, q.astype(np.float64) @ t.T.astype(np.float64),
+                dot_tolerance(q, t, np.float32), seen if filtered else np.zeros_like(seen), n,
+                empty=np.all(q == 0, axis=1),
+            )
     one, _ = model.recommend(12, N=3)
     assert one.shape == (3,)
-    items = np.array([0, 5, 18])
-    ids, _ = model.recommend_users(items, N=6)
-    ref = numpy_topk(v[items] @ u.T, d.T[items] != 0, 6)
-    assert [[int(j) for j in r if j >= 0] for r in ids] == ref
     with pytest.raises(TrainerInputError, match="out of range"):
         model.recommend([30])
 
 
+def _new_user_row(model, items, ratings):
+    """The dense ``(target, weights)`` row (1 × nitems, float64) of a new user with these
+    distinct items and (merged, clipped) ratings under the model's objective, row weight 1:
+    ``wals``: ``w0 + c_j`` / ``r_j`` on them, ``w0`` / 0 elsewhere; ``implicit`` (linear):
+    ``1 + α r_j`` / ``[r_j > 0]``, 1 / 0 elsewhere (trainer/weights.py's definitions)."""
+    wt = model.weighting
+    nitems = model.item_factors.shape[0]
+    target, weights = np.zeros((1, nitems)), np.full((1, nitems), wt.w0)
+    for j, r in zip(items, ratings):
+        if wt.objective == "implicit":
+            weights[0, j], target[0, j] = 1.0 + wt.alpha * r, float(r > 0)
+        else:
+            weights[0, j], target[0, j] = wt.w0 + model.col_weights[j], r
+    return target, weights
+
+
+def _assert_fold_in(model, got, items, ratings):
+    """``got`` equals the float64 closed form within (X) for a float64 solve stored in float32
+    (tests/tolerances.py)."""
+    v = model.item_factors.astype(np.float64)
+    target, weights = _new_user_row(model, items, ratings)
+    lam = model.regularization
+    assert got.dtype == np.float32 and np.all(np.isfinite(got)), got
+    assert_rows_within(got, numpy_solve_rows(v, target, weights, lam),
+                       solve_tolerance(v, target, weights, lam, np.float64, output_dtype=np.float32),
+                       "recalculate_user")
+
+
 def test_recalculate_user_equals_numpy_solve(fitted):
     d, model = fitted
-    v = model.item_factors.astype(np.float64)
     items = np.array([3, 11, 0, 11])
     ratings = np.array([0.5, 0.25, 1.0, 0.5])  # item 11 twice: ratings summed
-    row = np.zeros((1, 19))
-    row[0, [3, 11, 0]] = [0.5, 0.75, 1.0]
-    w = dense_weights(row, 0.2, np.ones(1), np.ones(19))
-    want = numpy_solve_rows(v, row, w, 0.3)[0]
-    np.testing.assert_allclose(model.recalculate_user(items, ratings), want, atol=1e-5, rtol=1e-4)
-    # a user with the same data as training user 4 gets (close to) user 4's factor after the
-    # last sweep's item factors: i.e. the fold-in is the row half-sweep
+    _assert_fold_in(model, model.recalculate_user(items, ratings), [3, 11, 0], [0.5, 0.75, 1.0])
+    # a user with the same data as training user 4 gets user 4's row solve against the last
+    # sweep's item factors: the fold-in is the row half-sweep
     j = np.flatnonzero(d[4])
-    w4 = dense_weights(d[4:5], 0.2, np.ones(1), np.ones(19))
-    np.testing.assert_allclose(
-        model.recalculate_user(j, d[4, j]), numpy_solve_rows(v, d[4:5], w4, 0.3)[0], atol=1e-5
-    )
+    _assert_fold_in(model, model.recalculate_user(j, d[4, j]), j, d[4, j])
     np.testing.assert_array_equal(model.recalculate_user([], []), np.zeros(4, np.float32))
     with pytest.raises(TrainerInputError, match="out of range"):
         model.recalculate_user([19], [1.0])
     with pytest.raises(TrainerInputError, match="NaN"):
         model.recalculate_user([1], [np.nan])
+
+
+@pytest.fixture(scope="module")
+def fitted_implicit():
+    d = random_ratings(30, 19, 0.25, 1)
+    model = WALSModel(factors=4, regularization=0.3,
+                      weighting=Weighting(objective="implicit", alpha=10.0))
+    model.fit(CSR.from_dense(d), epochs=3)
+    return d, model
+
+
+@pytest.mark.parametrize("objective", ["implicit", "wals"])
+@pytest.mark.parametrize("given,merged", [
+    ([(3, 1e8), (5, 0.5)], [(3, 1e8), (5, 0.5)]),
+    ([(3, 1e8), (3, 1e8), (5, 0.0)], [(3, 2e8), (5, 0.0)]),
+    ([(3, 0.7), (5, 0.2), (3, 0.2)], [(3, 0.7 + 0.2), (5, 0.2)]),  # summed in float64
+])
+def test_recalculate_user_huge_ratings_equal_float64_closed_form(fitted, fitted_implicit,
+                                                                 objective, given, merged):
+    """Regression: a rating of 1e8 (implicit confidence 1 + α·1e8 ≈ 1e9) gave NaN from the
+    float32 Cholesky; the k × k system is now solved in float64 (κ ≈ 2–4e8 here: accurate)."""
+    _, model = fitted_implicit if objective == "implicit" else fitted
+    got = model.recalculate_user([j for j, _ in given], [r for _, r in given])
+    _assert_fold_in(model, got, [j for j, _ in merged], [r for _, r in merged])
+
+
+def test_recalculate_user_1e30(fitted, fitted_implicit):
+    """``wals``: the rating is the target, so 1e30 only scales ``b`` (κ(M) unchanged): the
+    answer is the closed form. ``implicit``: confidence 1 + α·1e30 makes ``M`` numerically
+    singular even in float64 (``κ·u₆₄ ≫ 1``; NumPy's own closed form is then garbage), so it is
+    refused with ValueError — unless a ``rating_cap`` clips it to the training range."""
+    d, wals = fitted
+    _assert_fold_in(wals, wals.recalculate_user([3, 5], [1e30, 0.5]), [3, 5], [1e30, 0.5])
+    _assert_fold_in(wals, wals.recalculate_user([3, 3], [1e30, 1e30]), [3], [2e30])
+    with pytest.raises(ValueError, match="float32"):  # a solution beyond float32's range
+        wals.recalculate_user([3], [1e300])
+    d, imp = fitted_implicit
+    with pytest.raises(ValueError, match="rating_cap"):
+        imp.recalculate_user([3, 5], [1e30, 0.5])
+    cap = float(d.max())
+    _assert_fold_in(imp, imp.recalculate_user([3, 5], [1e30, 0.5], rating_cap=cap), [3, 5], [cap, 0.5])
+    # clipping applies to the summed rating
+    _assert_fold_in(imp, imp.recalculate_user([3, 3], [0.6 * cap, 0.6 * cap], rating_cap=cap),
+                    [3], [cap])
+
+
+@pytest.mark.parametrize("bad,match", [
+    (-0.5, "negative"), (float("nan"), "NaN"), (float("inf"), "NaN/inf"), (-float("inf"), "NaN/inf"),
+])
+@pytest.mark.parametrize("objective", ["implicit", "wals"])
+def test_recalculate_user_refuses_negative_and_non_finite_ratings(fitted, fitted_implicit,
+                                                                  objective, bad, match):
+    _, model = fitted_implicit if objective == "implicit" else fitted
+    with pytest.raises(ValueError, match=match):
+        model.recalculate_user([0, 1], [0.5, bad])
+    with pytest.raises(ValueError, match="rating_cap"):
+        model.recalculate_user([0], [0.5], rating_cap=bad)

@@ -863,11 +863,54 @@ class WALSModel:
         )
         return (out_ids[0], scores[0]) if scalar else (out_ids, scores)
 
-    def recalculate_user(self, item_ids: np.ndarray, ratings: np.ndarray) -> np.ndarray:
-        """Fold-in: the factor a new user with these (item, rating) pairs gets from one exact
-        row solve against the fixed ``item_factors`` (row weight ρ = 1), float32 ``(k,)``.
+    def recalculate_user(
+        self, item_ids: np.ndarray, ratings: np.ndarray, *, rating_cap: float | None = None
+    ) -> np.ndarray:
+        r"""Fold-in: the factor of a new user with these (item, rating) pairs.
 
-        Repeated item IDs are merged by summing their ratings.
+        One exact row solve against the fixed :attr:`item_factors` (row weight ρ = 1), with
+        ``W_j, A_j`` from the model's objective (:mod:`trainer.weights`)::
+
+            M u = b,   M = w0 VᵀV + λ I + Σ_j (W_j − w0) v_j v_jᵀ,   b = Σ_j W_j A_j v_j
+
+        formed and solved (Cholesky) in float64 whatever :attr:`dtype` is, then stored in
+        float32. The same contract as the SavedModel's ``fold_in`` (:mod:`trainer.export`),
+        except the cap: repeated item IDs have their ratings summed (in float64); the
+        summed rating is clipped to ``rating_cap`` when one is given (the model itself does
+        not know the range its training ratings came from; ``python -m trainer.task``'s
+        SavedModel uses ``metadata.json``'s ``rating.cap``).
+
+        Why float64: with ``objective="implicit"`` a rating ``r`` gives the confidence
+        ``1 + α r``, so ``κ(M)`` grows like ``α r ‖v_j‖² / λ_min(w0 VᵀV + λI)``; at
+        ``r = 1e8`` that is ~1e8–1e9, beyond float32 (``κ·u₃₂ > 1``: the float32 Cholesky
+        lost positive definiteness and returned NaN) but accurate in float64: the
+        relative error is at most about ``κ(M)·(3k+1)·2⁻⁵³`` (Higham, ASNA, Thm 10.4). The
+        system is refused when ``κ(M)·2⁻⁵³ > 2⁻¹⁰`` (the limit (W3) of the module docstring
+        also uses) or ``M`` is not numerically positive definite: e.g. ``r = 1e30`` with
+        ``implicit`` — no float64 solve of that system means anything, and NumPy's own
+        closed form returns garbage for it. With ``objective="wals"`` the rating is the
+        target, not a weight: a huge rating scales ``b`` and leaves ``κ(M)`` unchanged.
+
+        Parameters
+        ----------
+        item_ids : array_like of int
+            Dense item IDs in ``[0, nitems)``; repeats allowed (their ratings are summed).
+        ratings : array_like of float
+            One rating per ID: finite and ``>= 0`` (engagement scores).
+        rating_cap : float, optional
+            Finite, > 0: summed ratings above it are clipped to it. Default: no clipping.
+
+        Returns
+        -------
+        ndarray
+            float32 ``(k,)``; all zeros for no items.
+
+        Raises
+        ------
+        TrainerInputError (a ValueError)
+            IDs out of range, lengths differ, a NaN/inf or negative rating, a bad
+            ``rating_cap``, a system too ill-conditioned for float64 (above), or a solution
+            beyond float32's range (e.g. ``wals`` with a rating of 1e300).
         """
         tf = _tf()
         self._check_fitted()
@@ -875,27 +918,59 @@ class WALSModel:
         ratings = np.asarray(ratings, dtype=np.float64).ravel()
         if item_ids.shape != ratings.shape:
             raise TrainerInputError("item_ids and ratings must have the same length")
-        nitems = self.item_factors.shape[0]
-        row = CSR.from_coo(
-            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), (1, nitems)
-        ) if item_ids.size == 0 else _merge_row(item_ids, ratings, nitems)
-        w, a = wts.observed(self.weighting, row.values, 1.0, self.col_weights[row.indices])
-        dt = tf.as_dtype(self.dtype)
-        with tf.device(self._device()):
-            plan = build_plan(
-                row, w, a, self.weighting.w0, self.factors, 1, self.max_batch_floats, dt,
-                self._device(),
+        if rating_cap is not None and not (np.isfinite(rating_cap) and rating_cap > 0):
+            raise TrainerInputError(f"rating_cap must be finite and > 0, got {rating_cap}")
+        v = self.item_factors.astype(np.float64)
+        nitems, k = v.shape
+        if item_ids.size == 0:
+            return np.zeros(k, np.float32)
+        uniq, summed = _merge_ratings(item_ids, ratings, nitems)
+        if rating_cap is not None:
+            summed = np.minimum(summed, float(rating_cap))
+        w, a = wts.observed(self.weighting, summed, 1.0, self.col_weights[uniq])
+        w0 = self.weighting.w0
+        x = v[uniq]
+        m = w0 * (v.T @ v) + self.regularization * np.eye(k) + (x * (w - w0)[:, None]).T @ x
+        b = x.T @ (w * a)
+        ev = np.linalg.eigvalsh(m)
+        u64 = float(np.finfo(np.float64).eps) / 2.0
+        well_posed = ev[0] > 0 and ev[-1] * u64 <= WOODBURY_MAX_THETA * ev[0]  # κ·u ≤ 2⁻¹⁰
+        if not (np.all(np.isfinite(ev)) and well_posed):
+            raise TrainerInputError(
+                f"recalculate_user: the normal equations are too ill-conditioned to solve even in "
+                f"float64 (eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}; largest rating "
+                f"{summed.max():.3g}): pass rating_cap= to clip ratings to the training range"
             )
-            v = tf.constant(self.item_factors.astype(self.dtype))
-            u = solve_half_sweep(v, plan, self.weighting.w0, self.regularization, "cholesky")
-        return u.numpy()[0].astype(np.float32)
+        with tf.device("/CPU:0"):  # a k × k system: no device round trip
+            sol = tf.linalg.cholesky_solve(
+                tf.linalg.cholesky(tf.constant(m)), tf.constant(b[:, None])
+            )[:, 0].numpy()
+        if not np.all(np.isfinite(sol)):  # the Cholesky broke down (it fills NaN on CPU)
+            raise TrainerInputError(
+                "recalculate_user: the float64 Cholesky factorisation failed (the normal "
+                "equations are not numerically positive definite): pass rating_cap= to clip "
+                "ratings to the training range"
+            )
+        with np.errstate(over="ignore"):
+            out = sol.astype(np.float32)
+        if not np.all(np.isfinite(out)):
+            raise TrainerInputError(
+                f"recalculate_user: the solution (largest entry {np.abs(sol).max():.3g}) does not "
+                f"fit in float32; pass rating_cap= to clip ratings to the training range"
+            )
+        return out
 
 
-def _merge_row(item_ids: np.ndarray, ratings: np.ndarray, nitems: int) -> CSR:
+def _merge_ratings(
+    item_ids: np.ndarray, ratings: np.ndarray, nitems: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct item IDs and their summed (float64) ratings; refuses out-of-range IDs and
+    NaN/inf or negative ratings."""
     if item_ids.min() < 0 or item_ids.max() >= nitems:
         raise TrainerInputError(f"item id out of range [0, {nitems})")
     if not np.all(np.isfinite(ratings)):
         raise TrainerInputError("NaN/inf ratings refused")
+    if np.any(ratings < 0):
+        raise TrainerInputError("negative ratings refused (ratings are engagement scores >= 0)")
     uniq, inv = np.unique(item_ids, return_inverse=True)
-    summed = np.bincount(inv, weights=ratings, minlength=uniq.size)
-    return CSR.from_coo(np.zeros(uniq.size, np.int64), uniq, summed, (1, nitems))
+    return uniq, np.bincount(inv, weights=ratings, minlength=uniq.size)
