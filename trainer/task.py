@@ -85,7 +85,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     io.add_argument("--tensorboard_dir", default=None, help="TensorBoard log dir (default: $AIP_TENSORBOARD_LOG_DIR or OUTPUT_DIR/tensorboard)")
 
     m = p.add_argument_group("model")
-    m.add_argument("--num_epochs", type=int, default=7, help="sweeps (each: all rows, then all columns)")
+    m.add_argument("--num_epochs", type=int, default=10, help="sweeps (each: all rows, then all columns)")
     m.add_argument("--n_embeds", type=int, default=16, help="latent dimension k")
     m.add_argument("--regularization", type=float, default=10.0, help="λ (> 0)")
     m.add_argument("--unobserved_weight", type=float, default=0.01, help="w0, weight of every unobserved cell (objective wals)")
