@@ -25,10 +25,11 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOpt
 
 from preprocess import metadata, pipeline, sources
 from preprocess.options import PreprocessOptions, refuse_unknown_flags, validate
-from schemas import records as contract
+from schemas import contract
+from schemas.contract import MetadataKey as K
+from schemas.contract import OUTPUT_MARKER  # "this folder was written by python -m preprocess"
 
 LOCAL_RUNNER = "FnApiRunner"
-OUTPUT_MARKER = ".preprocess_output.json"  # "this folder was written by python -m preprocess"
 
 
 def _is_empty_folder(path: str) -> bool:
@@ -64,10 +65,10 @@ def clear_previous_outputs(output_dir: str) -> None:
     """Removes what an earlier run left, so no stale shard is picked up as ours."""
     patterns = [
         FileSystems.join(output_dir, f"{prefix}-*")
-        for prefix in (contract.USERS_FOR_ITEM, contract.ITEMS_FOR_USER, contract.TEST_ITEMS_FOR_USER)
+        for prefix in contract.SHARD_PREFIXES
     ] + [FileSystems.join(output_dir, contract.METADATA_FILE)]
     stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
-    for folder in (pipeline.TRANSFORM_OUTPUT, pipeline.DROPPED_DIR, pipeline.STATS_DIR):
+    for folder in (contract.TRANSFORM_OUTPUT, contract.DROPPED_DIR, contract.STATS_DIR):
         path = FileSystems.join(output_dir, folder)
         if FileSystems.exists(path):
             stale.append(path)
@@ -123,8 +124,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     metadata.log_summary(meta)
     logging.info("Metadata: %s", path)
     print(
-        f"preprocess: {meta['ninteractions']} interactions, {meta['nusers']} users, "
-        f"{meta['nitems']} items -> {options.output_dir}",
+        f"preprocess: {meta[K.NINTERACTIONS]} interactions, {meta[K.NUSERS]} users, "
+        f"{meta[K.NITEMS]} items -> {options.output_dir}",
         flush=True,
     )
     return meta

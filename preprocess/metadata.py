@@ -1,25 +1,24 @@
 """``metadata.json``: what the trainer needs to know about a preprocessing run.
 
 Assembled after the job from its outputs (vocabulary files, shards, the median file) and
-its metrics counters; see ``schemas/metadata.md`` for the contract. Paths are relative to
-the output folder so it can be moved between local disk and gs://.
+its metrics counters. The keys, the format version and the output layout come from
+``schemas/contract.py``; ``schemas/metadata.md`` describes them. Paths are relative to the
+output folder so it can be moved between local disk and gs://.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import posixpath
 from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from preprocess import counters, pipeline as graph, split, transform
+from preprocess import counters, split
 from preprocess.options import PreprocessOptions, event_names, is_ga4, item_source
-from schemas import records as contract
-
-FORMAT_VERSION = 1
+from schemas import contract
+from schemas.contract import MetadataKey as K, RatingKey, SplitKey
 
 
 class NoInteractionsError(RuntimeError):
@@ -61,11 +60,8 @@ def _shards(output_dir: str, prefix: str) -> list:
     return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
 
 
-def vocabulary_path(name: str) -> str:
-    return posixpath.join(graph.TRANSFORM_OUTPUT, "transform_fn", "assets", name)
-
-
 def build_metadata(result, options: PreprocessOptions) -> dict:
+    """The ``metadata.json`` document of a finished job: exactly ``contract.WRITTEN_KEYS``."""
     out = options.output_dir
     values = counter_values(result)
     dropped = {
@@ -77,12 +73,12 @@ def build_metadata(result, options: PreprocessOptions) -> dict:
             "No interactions survived preprocessing: the input is empty or every row was dropped "
             f"(dropped by reason: { {k: v for k, v in dropped.items() if v} })."
         )
-    median_text = _read(FileSystems.join(out, graph.STATS_DIR, graph.MEDIAN_FILE)).decode()
-    median: Optional[float] = json.loads(median_text)["median_duration"]
+    median_text = _read(FileSystems.join(out, contract.STATS_DIR, contract.MEDIAN_FILE)).decode()
+    median: Optional[float] = json.loads(median_text)[K.MEDIAN_DURATION]
     if median is None or not math.isfinite(median) or median <= 0:  # ratings divide by it
         raise RuntimeError(f"The median duration is {median}: ratings would not be finite.")
-    user_vocab = vocabulary_path(transform.USER_VOCABULARY)
-    item_vocab = vocabulary_path(transform.ITEM_VOCABULARY)
+    user_vocab = contract.USER_VOCABULARY_PATH
+    item_vocab = contract.ITEM_VOCABULARY_PATH
     nusers = count_lines(FileSystems.join(out, user_vocab))
     if values.get("user_records", 0) != nusers:  # the no-shuffle write of records.py relies on it
         raise RuntimeError(
@@ -90,37 +86,37 @@ def build_metadata(result, options: PreprocessOptions) -> dict:
             "interactions were split across record batches."
         )
     return {
-        "format_version": FORMAT_VERSION,
-        "nusers": nusers,
-        "nitems": count_lines(FileSystems.join(out, item_vocab)),
-        "ninteractions": ninteractions,
-        "median_duration": median,
-        "rating": {
-            "scale": options.rating_scale,
-            "cap": options.rating_cap,
-            "formula": "min(scale * session_duration / median_duration, cap)",
+        K.FORMAT_VERSION: contract.FORMAT_VERSION,
+        K.NUSERS: nusers,
+        K.NITEMS: count_lines(FileSystems.join(out, item_vocab)),
+        K.NINTERACTIONS: ninteractions,
+        K.MEDIAN_DURATION: median,
+        K.RATING: {
+            RatingKey.SCALE: options.rating_scale,
+            RatingKey.CAP: options.rating_cap,
+            RatingKey.FORMULA: contract.RATING_FORMULA,
         },
-        "user_vocabulary": user_vocab,
-        "item_vocabulary": item_vocab,
-        contract.USERS_FOR_ITEM: _relative(_shards(out, contract.USERS_FOR_ITEM), out),
-        contract.ITEMS_FOR_USER: _relative(_shards(out, contract.ITEMS_FOR_USER), out),
-        contract.TEST_ITEMS_FOR_USER: _relative(_shards(out, contract.TEST_ITEMS_FOR_USER), out)
+        K.USER_VOCABULARY: user_vocab,
+        K.ITEM_VOCABULARY: item_vocab,
+        K.USERS_FOR_ITEM: _relative(_shards(out, contract.USERS_FOR_ITEM), out),
+        K.ITEMS_FOR_USER: _relative(_shards(out, contract.ITEMS_FOR_USER), out),
+        K.TEST_ITEMS_FOR_USER: _relative(_shards(out, contract.TEST_ITEMS_FOR_USER), out)
         if options.test_fraction > 0 else [],
-        "split": {
-            "test_fraction": options.test_fraction,
-            "seed": options.split_seed,
-            "method": split.METHOD,
-            "held_out_interactions": values.get("held_out_interactions", 0),
-            "test_interactions": values.get("test_interactions", 0),
-            "test_users": values.get("test_users", 0),
-            "test_dropped_unseen_item": dropped["held_out_unseen_item"],
+        K.SPLIT: {
+            SplitKey.TEST_FRACTION: options.test_fraction,
+            SplitKey.SEED: options.split_seed,
+            SplitKey.METHOD: split.METHOD,
+            SplitKey.HELD_OUT_INTERACTIONS: values.get("held_out_interactions", 0),
+            SplitKey.TEST_INTERACTIONS: values.get("test_interactions", 0),
+            SplitKey.TEST_USERS: values.get("test_users", 0),
+            SplitKey.TEST_DROPPED_UNSEEN_ITEM: dropped["held_out_unseen_item"],
         },
-        "record_compression": "NONE",
-        "transform_output": graph.TRANSFORM_OUTPUT,
-        "dropped": dropped,
-        "sessions": values.get("sessions", 0),
-        "events": values.get("events", 0),
-        "input": _describe_input(options),
+        K.RECORD_COMPRESSION: contract.RECORD_COMPRESSION,
+        K.TRANSFORM_OUTPUT: contract.TRANSFORM_OUTPUT,
+        K.DROPPED: dropped,
+        K.SESSIONS: values.get("sessions", 0),
+        K.EVENTS: values.get("events", 0),
+        K.INPUT: _describe_input(options),
     }
 
 
@@ -152,6 +148,7 @@ def _describe_input(options: PreprocessOptions) -> dict:
 
 
 def write_metadata(metadata: dict, output_dir: str) -> str:
+    """Writes ``output_dir/metadata.json``; returns its path."""
     path = FileSystems.join(output_dir, contract.METADATA_FILE)
     with FileSystems.create(path) as handle:
         # allow_nan=False: a non-finite number must fail here, not reach the trainer.
@@ -160,17 +157,17 @@ def write_metadata(metadata: dict, output_dir: str) -> str:
 
 
 def log_summary(metadata: dict) -> None:
-    dropped = {k: v for k, v in metadata["dropped"].items() if v}
+    dropped = {k: v for k, v in metadata[K.DROPPED].items() if v}
     logging.info(
         "Wrote %d interactions: %d users x %d items, median duration %s.",
-        metadata["ninteractions"], metadata["nusers"], metadata["nitems"], metadata["median_duration"],
+        metadata[K.NINTERACTIONS], metadata[K.NUSERS], metadata[K.NITEMS], metadata[K.MEDIAN_DURATION],
     )
-    held_out = metadata["split"]
-    if held_out["test_fraction"] > 0:
+    held_out = metadata[K.SPLIT]
+    if held_out[SplitKey.TEST_FRACTION] > 0:
         logging.info(
             "Held out %d interactions of %d users for evaluation (test_fraction=%s, seed=%d).",
-            held_out["test_interactions"], held_out["test_users"], held_out["test_fraction"],
-            held_out["seed"],
+            held_out[SplitKey.TEST_INTERACTIONS], held_out[SplitKey.TEST_USERS],
+            held_out[SplitKey.TEST_FRACTION], held_out[SplitKey.SEED],
         )
     if dropped:
         logging.info(

@@ -29,11 +29,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from preprocess import ga4, rating, records, sessionize, sources, split, transform
 from preprocess.options import PreprocessOptions, event_names, item_source
-
-TRANSFORM_OUTPUT = "transform_output"
-DROPPED_DIR = "dropped"
-STATS_DIR = "stats"
-MEDIAN_FILE = "median_duration.json"
+from schemas.contract import DROPPED_DIR, MEDIAN_FILE, STATS_DIR, TRANSFORM_OUTPUT  # output layout
 
 
 @dataclass

@@ -4,8 +4,8 @@
 ``items_for_user-*``: key = userId, indices = itemIds, values = ratings (one row of A);
 ``test_items_for_user-*``: the held-out interactions, same layout and IDs as ``items_for_user``
 (written only with ``--test_fraction`` > 0).
-The feature names are the contract in ``schemas/records.py``. Indices are sorted so the
-output is the same on every runner.
+The feature names are the contract in ``schemas/records.py``, the shard names in
+``schemas/contract.py``. Indices are sorted so the output is the same on every runner.
 
 Grouping starts inside each transformed batch with NumPy (one partial row per key and batch),
 so the GroupByKey moves one element per (key, batch) instead of one per interaction.
@@ -20,7 +20,7 @@ import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 
 from preprocess import counters
-from schemas import records as contract
+from schemas import contract, records as features
 
 BY_USER, BY_ITEM, TEST_BY_USER = "by_user", "by_item", "test_by_user"
 
@@ -81,9 +81,9 @@ def encode_example(key: int, parts: Iterable[tuple]) -> bytes:
         indices, values = indices[order], values[order]
     example = tf.train.Example()
     feature = example.features.feature
-    feature[contract.KEY].int64_list.value.append(key)
-    feature[contract.INDICES].int64_list.value.extend(indices.tolist())
-    feature[contract.VALUES].float_list.value.extend(values.tolist())
+    feature[features.KEY].int64_list.value.append(key)
+    feature[features.INDICES].int64_list.value.extend(indices.tolist())
+    feature[features.VALUES].float_list.value.extend(values.tolist())
     return example.SerializeToString()
 
 

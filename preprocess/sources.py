@@ -29,6 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 
 import schemas
 from preprocess import counters, ids
+from schemas import contract
 
 DROPPED = "dropped"
 SQL_FILE = "ga360_interactions.sql"
@@ -443,7 +444,7 @@ class ParseHitsCsvFn(beam.DoFn):
 class ParseInteractionFn(beam.DoFn):
     """A (visitorId, contentId, session_duration) row, from CSV text or a BigQuery dict."""
 
-    COLUMNS = ("visitorId", "contentId", "session_duration")
+    COLUMNS = contract.INTERACTION_COLUMNS  # what the SQL returns, an interactions_csv's header
 
     def __init__(self, header: Optional[Sequence[str]] = None) -> None:
         self.width = len(header) if header else None

@@ -9,19 +9,23 @@ users x items rating matrix:
 * ``values``  float[n]   the ratings, aligned with ``indices``.
 
 Dense ID ``i`` is line ``i`` (0-based) of the vocabulary file named in ``metadata.json``.
+Shard names, the metadata keys and the rest of the output layout: ``schemas/contract.py``.
 """
 from __future__ import annotations
+
+# The shard names and metadata.json's file name are part of the output layout
+# (schemas/contract.py); re-exported here for the modules that read records.
+from schemas.contract import (  # noqa: F401
+    ITEMS_FOR_USER,
+    METADATA_FILE,
+    RECORD_SUFFIX,
+    TEST_ITEMS_FOR_USER,
+    USERS_FOR_ITEM,
+)
 
 KEY = "key"
 INDICES = "indices"
 VALUES = "values"
-
-# Shard name prefixes inside OUTPUT_DIR and their suffix.
-USERS_FOR_ITEM = "users_for_item"
-ITEMS_FOR_USER = "items_for_user"
-TEST_ITEMS_FOR_USER = "test_items_for_user"
-RECORD_SUFFIX = ".tfrecord"
-METADATA_FILE = "metadata.json"
 
 
 def feature_spec() -> dict:

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from schemas import records
+from schemas.contract import SplitKey
 
 from trainer.errors import TrainerInputError, one_line
 from trainer.metadata import Metadata
@@ -159,8 +160,8 @@ def load_test_data(md: Metadata, train_user_items: CSR | None = None) -> CSR | N
     )
     split = md.split or {}
     for name, got in (
-        ("test_interactions", test.nnz),
-        ("test_users", int(np.count_nonzero(test.row_lengths()))),
+        (SplitKey.TEST_INTERACTIONS, test.nnz),
+        (SplitKey.TEST_USERS, int(np.count_nonzero(test.row_lengths()))),
     ):
         want = split.get(name)
         if isinstance(want, int) and not isinstance(want, bool) and want != got:

@@ -1,7 +1,8 @@
-"""Reads and validates ``metadata.json`` (contract: ``schemas/metadata.md``) and the vocabularies.
+"""Reads and validates ``metadata.json`` and the vocabularies.
 
-All paths inside ``metadata.json`` are relative to the directory that holds it; this module
-returns them resolved (local paths or ``gs://`` URLs).
+The contract: ``schemas/contract.py`` (format version, keys, layout), described in
+``schemas/metadata.md``. All paths inside ``metadata.json`` are relative to the directory that
+holds it; this module returns them resolved (local paths or ``gs://`` URLs).
 """
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import records
+from schemas import contract
+from schemas.contract import MetadataKey as K, RatingKey
 
 from trainer import fileio
 from trainer.errors import TrainerInputError
 
-_COMPRESSION = {"NONE": "", "GZIP": "GZIP", "ZLIB": "ZLIB"}
+# metadata.json's record_compression -> tf.data's compression_type
+_COMPRESSION = {name: "" if name == "NONE" else name for name in contract.RECORD_COMPRESSIONS}
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ def metadata_path(input_path: str) -> str:
     """``--input_path`` may name the directory or the ``metadata.json`` file itself."""
     if input_path.rstrip("/").endswith(".json"):
         return input_path
-    return fileio.join(input_path, records.METADATA_FILE)
+    return fileio.join(input_path, contract.METADATA_FILE)
 
 
 def _no_constants(name: str) -> Any:
@@ -60,23 +63,39 @@ def _positive_number(v: Any) -> bool:
             and v > 0)
 
 
+def check_format_version(raw: dict[str, Any], path: str) -> None:
+    """Refuses a ``metadata.json`` whose ``format_version`` is missing or not one this trainer
+    reads (``contract.KNOWN_FORMAT_VERSIONS``): its other keys may mean something else."""
+    version = raw.get(K.FORMAT_VERSION)
+    known = sorted(contract.KNOWN_FORMAT_VERSIONS)
+    if isinstance(version, int) and not isinstance(version, bool) and version in known:
+        return
+    found = "is missing" if K.FORMAT_VERSION not in raw else f"is {version!r}"
+    raise TrainerInputError(
+        f"{path}: '{K.FORMAT_VERSION}' {found}; this trainer reads format_version "
+        f"{' or '.join(map(str, known))}: rerun the preprocessing of this checkout "
+        "(python -m preprocess) or use the trainer that matches the output"
+    )
+
+
 def load_metadata(input_path: str) -> Metadata:
     """Reads and checks ``metadata.json`` (``input_path``: its directory or the file).
 
     Raises
     ------
     TrainerInputError
-        Missing, a directory, not JSON, a non-finite number, or a field that is missing,
-        of the wrong type or out of range (the message names the file and the field).
+        Missing, a directory, not JSON, a non-finite number, an unknown ``format_version``,
+        or a field that is missing, of the wrong type or out of range (the message names the
+        file and the field).
     """
     path = metadata_path(input_path)
     if not fileio.exists(path):
         raise TrainerInputError(
             f"missing {path}: --input_path must be the preprocessing output directory "
-            f"(the one holding {records.METADATA_FILE})"
+            f"(the one holding {contract.METADATA_FILE})"
         )
     if fileio.isdir(path):
-        raise TrainerInputError(f"{path} is a directory; expected the {records.METADATA_FILE} file")
+        raise TrainerInputError(f"{path} is a directory; expected the {contract.METADATA_FILE} file")
     try:
         raw = json.loads(fileio.read_text(path), parse_constant=_no_constants)
     except json.JSONDecodeError as e:
@@ -85,6 +104,7 @@ def load_metadata(input_path: str) -> Metadata:
         raise TrainerInputError(f"{path}: {e} (JSON numbers must be finite)") from e
     if not isinstance(raw, dict):
         raise TrainerInputError(f"{path}: expected a JSON object")
+    check_format_version(raw, path)
     root = fileio.dirname(path)
 
     def get_int(name: str, minimum: int) -> int:
@@ -120,46 +140,49 @@ def load_metadata(input_path: str) -> Metadata:
             raise TrainerInputError(f"{path}: '{name}' must be a list of shard files, got {v!r}")
         return get_files(name)
 
-    split = raw.get("split")
+    split = raw.get(K.SPLIT)
     if split is not None and not isinstance(split, dict):
-        raise TrainerInputError(f"{path}: 'split' must be a JSON object, got {split!r}")
+        raise TrainerInputError(f"{path}: '{K.SPLIT}' must be a JSON object, got {split!r}")
 
     # median_duration only scales ratings in the preprocessing; a non-finite or non-positive
     # one means the ratings themselves are suspect
-    if "median_duration" in raw and not _positive_number(raw["median_duration"]):
+    if K.MEDIAN_DURATION in raw and not _positive_number(raw[K.MEDIAN_DURATION]):
         raise TrainerInputError(
-            f"{path}: 'median_duration' must be a finite number > 0, got {raw['median_duration']!r}"
+            f"{path}: '{K.MEDIAN_DURATION}' must be a finite number > 0, "
+            f"got {raw[K.MEDIAN_DURATION]!r}"
         )
     rating_cap = None
-    rating = raw.get("rating")
+    rating = raw.get(K.RATING)
     if rating is not None:
-        if not isinstance(rating, dict) or not _positive_number(rating.get("cap")):
+        if not isinstance(rating, dict) or not _positive_number(rating.get(RatingKey.CAP)):
             raise TrainerInputError(
-                f"{path}: 'rating' must be an object with a finite 'cap' > 0, got {rating!r}"
+                f"{path}: '{K.RATING}' must be an object with a finite '{RatingKey.CAP}' > 0, "
+                f"got {rating!r}"
             )
-        if "scale" in rating and not _positive_number(rating["scale"]):
+        if RatingKey.SCALE in rating and not _positive_number(rating[RatingKey.SCALE]):
             raise TrainerInputError(
-                f"{path}: rating 'scale' must be a finite number > 0, got {rating['scale']!r}"
+                f"{path}: rating '{RatingKey.SCALE}' must be a finite number > 0, "
+                f"got {rating[RatingKey.SCALE]!r}"
             )
-        rating_cap = float(rating["cap"])
+        rating_cap = float(rating[RatingKey.CAP])
 
-    compression = raw.get("record_compression", "NONE")
+    compression = raw.get(K.RECORD_COMPRESSION, contract.RECORD_COMPRESSION)
     if compression not in _COMPRESSION:
         raise TrainerInputError(
-            f"{path}: record_compression {compression!r} not one of {sorted(_COMPRESSION)}"
+            f"{path}: {K.RECORD_COMPRESSION} {compression!r} not one of {sorted(_COMPRESSION)}"
         )
     md = Metadata(
         path=path,
-        nusers=get_int("nusers", 1),
-        nitems=get_int("nitems", 1),
-        ninteractions=get_int("ninteractions", 1),
-        user_vocabulary=get_str("user_vocabulary"),
-        item_vocabulary=get_str("item_vocabulary"),
-        items_for_user=get_files(records.ITEMS_FOR_USER),
-        users_for_item=get_files(records.USERS_FOR_ITEM),
+        nusers=get_int(K.NUSERS, 1),
+        nitems=get_int(K.NITEMS, 1),
+        ninteractions=get_int(K.NINTERACTIONS, 1),
+        user_vocabulary=get_str(K.USER_VOCABULARY),
+        item_vocabulary=get_str(K.ITEM_VOCABULARY),
+        items_for_user=get_files(K.ITEMS_FOR_USER),
+        users_for_item=get_files(K.USERS_FOR_ITEM),
         compression=_COMPRESSION[compression],
         raw=raw,
-        test_items_for_user=get_optional_files(records.TEST_ITEMS_FOR_USER),
+        test_items_for_user=get_optional_files(K.TEST_ITEMS_FOR_USER),
         split=split,
         rating_cap=rating_cap,
     )
