@@ -14,7 +14,8 @@ Same transformation as ``python -m preprocess --input_format ga_json`` with its 
 5. dense IDs ordered like tf.Transform's vocabularies: most frequent first, ties by the raw ID's
    UTF-8 bytes in *descending* order (TFT sorts ``(count, token)`` pairs with ``reverse=True``);
 6. ``items_for_user`` / ``users_for_item`` TFRecords (``schemas/records.py``: key, indices sorted
-   ascending, values), the two vocabularies and a ``metadata.json`` the trainer can read.
+   ascending, values), the two vocabularies and a ``metadata.json`` the trainer can read (its
+   keys, format version and shard names from ``schemas/contract.py``).
 
 It assumes clean input: rows the pipeline dead-letters for bad characters or malformed JSON are
 not handled (a malformed line makes the reader fail). Missing visitor IDs / visit numbers /
@@ -36,8 +37,19 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-USERS_FOR_ITEM, ITEMS_FOR_USER, SUFFIX = "users_for_item", "items_for_user", ".tfrecord"
-VOCAB_DIR = "vocabularies"
+from schemas import contract, records as features
+from schemas.contract import (
+    CONTENT_ID,
+    ITEMS_FOR_USER,
+    SESSION_DURATION,
+    USERS_FOR_ITEM,
+    VISITOR_ID,
+    MetadataKey as K,
+    RatingKey,
+)
+
+SUFFIX = contract.RECORD_SUFFIX
+VOCAB_DIR = "vocabularies"  # its own layout: the trainer follows the paths in metadata.json
 
 
 class StageTimer:
@@ -121,14 +133,14 @@ def read_hits(paths: Sequence[str], content_dimension_index: int, hit_type: Opti
             items[best.index.to_numpy()] = _text(best)
     keep = np.flatnonzero(ok)
     frame = pd.DataFrame({
-        "visitorId": visitors[session_of_hit[keep]],
+        VISITOR_ID: visitors[session_of_hit[keep]],
         "visitNumber": visits[session_of_hit[keep]].astype(np.int64),
         "time": times[keep],
-        "contentId": items[keep],
+        CONTENT_ID: items[keep],
     })
     if np.all(frame["time"].to_numpy() == np.floor(frame["time"].to_numpy())):
         frame["time"] = frame["time"].astype(np.int64)  # integer milliseconds: exact integer sums
-    dropped["hit_without_item"] = int(frame["contentId"].isna().sum())
+    dropped["hit_without_item"] = int(frame[CONTENT_ID].isna().sum())
     return frame
 
 
@@ -137,7 +149,7 @@ def read_hits(paths: Sequence[str], content_dimension_index: int, hit_type: Opti
 
 def time_on_items(hits: pd.DataFrame) -> pd.DataFrame:
     """(visitorId, contentId, session_duration) with LEAD semantics over distinct hit times."""
-    visitor_code, visitor_names = pd.factorize(hits["visitorId"], sort=False)
+    visitor_code, visitor_names = pd.factorize(hits[VISITOR_ID], sort=False)
     session = pd.DataFrame({"v": visitor_code, "n": hits["visitNumber"].to_numpy()})
     session_code = session.groupby(["v", "n"], sort=False).ngroup().to_numpy()
     times = hits["time"].to_numpy()
@@ -155,7 +167,7 @@ def time_on_items(hits: pd.DataFrame) -> pd.DataFrame:
     group = np.empty(len(order), dtype=np.int64)
     group[order] = group_sorted
 
-    item_code, item_names = pd.factorize(hits["contentId"], sort=False, use_na_sentinel=True)
+    item_code, item_names = pd.factorize(hits[CONTENT_ID], sort=False, use_na_sentinel=True)
     credited = (item_code >= 0) & has_next[group]
     timed = pd.DataFrame({
         "group": group[credited], "v": visitor_code[credited], "item": item_code[credited],
@@ -165,9 +177,9 @@ def time_on_items(hits: pd.DataFrame) -> pd.DataFrame:
     summed = summed[summed > 0]
     v, i = summed.index.get_level_values(0), summed.index.get_level_values(1)
     return pd.DataFrame({
-        "visitorId": np.asarray(visitor_names, dtype=object)[v],
-        "contentId": np.asarray(item_names, dtype=object)[i],
-        "session_duration": summed.to_numpy(),
+        VISITOR_ID: np.asarray(visitor_names, dtype=object)[v],
+        CONTENT_ID: np.asarray(item_names, dtype=object)[i],
+        SESSION_DURATION: summed.to_numpy(),
     })
 
 
@@ -208,9 +220,9 @@ def write_records(path: str, rows: Iterator[tuple[int, np.ndarray, np.ndarray]])
         for key, indices, values in rows:
             example = tf.train.Example()
             feature = example.features.feature
-            feature["key"].int64_list.value.append(key)
-            feature["indices"].int64_list.value.extend(indices.tolist())
-            feature["values"].float_list.value.extend(values.tolist())
+            feature[features.KEY].int64_list.value.append(key)
+            feature[features.INDICES].int64_list.value.extend(indices.tolist())
+            feature[features.VALUES].float_list.value.extend(values.tolist())
             writer.write(example.SerializeToString())
 
 
@@ -237,12 +249,12 @@ def run(input_pattern: str, output_dir: str, content_dimension_index: int = 10,
     if interactions.empty:
         raise ValueError("No interactions survived preprocessing.")
     timer.done("time_on_item")
-    durations = interactions["session_duration"].to_numpy(dtype=np.float64)
+    durations = interactions[SESSION_DURATION].to_numpy(dtype=np.float64)
     median = float(np.median(durations))
     ratings = np.minimum(rating_scale * durations / median, rating_cap).astype(np.float32)
     timer.done("median_and_rating")
-    users, user_vocab = vocabulary(interactions["visitorId"])
-    items, item_vocab = vocabulary(interactions["contentId"])
+    users, user_vocab = vocabulary(interactions[VISITOR_ID])
+    items, item_vocab = vocabulary(interactions[CONTENT_ID])
     timer.done("vocabularies")
 
     import tensorflow  # noqa: F401  (imported here so its cost shows as a stage of its own)
@@ -251,8 +263,10 @@ def run(input_pattern: str, output_dir: str, content_dimension_index: int = 10,
     os.makedirs(os.path.join(output_dir, VOCAB_DIR), exist_ok=True)
     for stale in glob.glob(os.path.join(output_dir, f"*{SUFFIX}")):
         os.remove(stale)
-    write_lines(os.path.join(output_dir, VOCAB_DIR, "users"), user_vocab)
-    write_lines(os.path.join(output_dir, VOCAB_DIR, "items"), item_vocab)
+    user_vocab_path = f"{VOCAB_DIR}/{contract.USER_VOCABULARY_NAME}"
+    item_vocab_path = f"{VOCAB_DIR}/{contract.ITEM_VOCABULARY_NAME}"
+    write_lines(os.path.join(output_dir, user_vocab_path), user_vocab)
+    write_lines(os.path.join(output_dir, item_vocab_path), item_vocab)
     by_user = f"{ITEMS_FOR_USER}-00000-of-00001{SUFFIX}"
     by_item = f"{USERS_FOR_ITEM}-00000-of-00001{SUFFIX}"
     write_records(os.path.join(output_dir, by_user), grouped_rows(users, items, ratings))
@@ -261,24 +275,24 @@ def run(input_pattern: str, output_dir: str, content_dimension_index: int = 10,
     timer.done("group_and_write_users_for_item")
 
     metadata = {
-        "format_version": 1,
-        "nusers": len(user_vocab),
-        "nitems": len(item_vocab),
-        "ninteractions": len(interactions),
-        "median_duration": median,
-        "rating": {"scale": rating_scale, "cap": rating_cap,
-                   "formula": "min(scale * session_duration / median_duration, cap)"},
-        "user_vocabulary": f"{VOCAB_DIR}/users",
-        "item_vocabulary": f"{VOCAB_DIR}/items",
-        USERS_FOR_ITEM: [by_item],
-        ITEMS_FOR_USER: [by_user],
-        "record_compression": "NONE",
-        "dropped": dropped,
-        "input": {"source": "ga_json", "pattern": input_pattern, "item_source": "custom_dimension",
+        K.FORMAT_VERSION: contract.FORMAT_VERSION,
+        K.NUSERS: len(user_vocab),
+        K.NITEMS: len(item_vocab),
+        K.NINTERACTIONS: len(interactions),
+        K.MEDIAN_DURATION: median,
+        K.RATING: {RatingKey.SCALE: rating_scale, RatingKey.CAP: rating_cap,
+                   RatingKey.FORMULA: contract.RATING_FORMULA},
+        K.USER_VOCABULARY: user_vocab_path,
+        K.ITEM_VOCABULARY: item_vocab_path,
+        K.USERS_FOR_ITEM: [by_item],
+        K.ITEMS_FOR_USER: [by_user],
+        K.RECORD_COMPRESSION: contract.RECORD_COMPRESSION,
+        K.DROPPED: dropped,
+        K.INPUT: {"source": "ga_json", "pattern": input_pattern, "item_source": "custom_dimension",
                   "content_dimension_index": content_dimension_index, "hit_type": hit_type,
                   "implementation": "benchmarks.preprocess_pandas"},
     }
-    with open(os.path.join(output_dir, "metadata.json"), "w") as handle:
+    with open(os.path.join(output_dir, contract.METADATA_FILE), "w") as handle:
         json.dump(metadata, handle, indent=2, sort_keys=True)
     timer.done("metadata")
     return metadata
@@ -300,8 +314,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.timings_json:
         with open(args.timings_json, "w") as handle:
             json.dump(timer.seconds, handle, indent=2)
-    print(f"preprocess_pandas: {meta['ninteractions']} interactions, {meta['nusers']} users, "
-          f"{meta['nitems']} items, median {meta['median_duration']} -> {args.output_dir}", flush=True)
+    print(f"preprocess_pandas: {meta[K.NINTERACTIONS]} interactions, {meta[K.NUSERS]} users, "
+          f"{meta[K.NITEMS]} items, median {meta[K.MEDIAN_DURATION]} -> {args.output_dir}", flush=True)
     return 0
 
 

@@ -1,12 +1,15 @@
 r"""Seeded synthetic rating matrices shaped like MovieLens, for benchmarks (NumPy only).
 
-Two generators return a :class:`trainer.sparse.CSR` (users × items, float32 ratings in
-``{0.5, 1.0, …, 5.0}``, column indices sorted and unique per row):
+Two generators of one model return a :class:`trainer.sparse.CSR` (users × items, float32
+ratings in ``{0.5, 1.0, …, 5.0}``, column indices sorted and unique per row):
 
 * :func:`movielens_20m_like` — 138,493 × 26,744, 8.63 M interactions (about the size of
   MovieLens-20M's positive ratings), for speed benchmarks;
 * :func:`movielens_100k_like` — 943 × 1,682, exactly 100,000 interactions, with a per-user
   low-rank taste so that recommendation quality is measurable.
+
+:func:`zipf_matrix` is the plainer matrix ``benchmarks.trainer_speed`` times sweeps on: Zipf-like
+users and items, uniform ratings, no taste.
 
 The model (same for both; the parameters differ)
 -------------------------------------------------
@@ -46,16 +49,13 @@ so every row is positive and the pipeline's rating is a monotone function of thi
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainer.sparse import CSR  # noqa: E402
+from schemas.contract import INTERACTION_COLUMNS
+from trainer.sparse import CSR
 
 
 @dataclass(frozen=True)
@@ -256,6 +256,28 @@ def movielens_100k_like(seed: int = 0) -> CSR:
     return generate(MOVIELENS_100K, seed)
 
 
+def zipf_matrix(users: int, items: int, nnz: int, skew: float, seed: int) -> CSR:
+    """``users × items`` with exactly ``nnz`` distinct cells (``nnz ≤ users · items``), user
+    activity and item popularity both Zipf-like (``P ∝ rank^(−skew)``, ranks shuffled), ratings
+    uniform in [0.05, 1): the sweep-timing matrix of ``benchmarks.trainer_speed`` (no taste
+    structure, unlike :func:`generate`)."""
+    rng = np.random.default_rng(seed)
+    pu = 1.0 / np.arange(1, users + 1) ** skew
+    pi = 1.0 / np.arange(1, items + 1) ** skew
+    pu, pi = pu / pu.sum(), pi / pi.sum()
+    keys = np.zeros(0, np.int64)
+    while keys.size < nnz:  # draw, deduplicate, top up
+        need = int((nnz - keys.size) * 1.3) + 1000
+        u = rng.choice(users, need, p=pu)
+        i = rng.choice(items, need, p=pi)
+        keys = _sorted_unique(np.concatenate([keys, u.astype(np.int64) * items + i]))
+    keys = rng.permutation(keys)[:nnz]
+    perm_u, perm_i = rng.permutation(users), rng.permutation(items)
+    rows, cols = perm_u[keys // items], perm_i[keys % items]
+    vals = rng.uniform(0.05, 1.0, nnz).astype(np.float32)
+    return CSR.from_coo(rows, cols, vals, (users, items))
+
+
 def describe(m: CSR) -> dict:
     """Shape and skew statistics of a users × items matrix."""
     lens = m.row_lengths()
@@ -280,10 +302,11 @@ def describe(m: CSR) -> dict:
 
 def write_interactions_csv(m: CSR, path: str, chunk: int = 1_000_000) -> None:
     """Writes ``visitorId,contentId,session_duration`` rows (``60 · rating`` seconds), the
-    header the pipeline's ``ReadInteractionsCsv`` expects; IDs are the dense indices as text."""
+    header the pipeline's ``ReadInteractionsCsv`` expects (``schemas.contract.INTERACTION_COLUMNS``);
+    IDs are the dense indices as text."""
     rows = m.row_ids()
     with open(path, "w", encoding="utf-8") as f:
-        f.write("visitorId,contentId,session_duration\n")
+        f.write(",".join(INTERACTION_COLUMNS) + "\n")
         for s in range(0, m.nnz, chunk):
             e = min(s + chunk, m.nnz)
             block = np.column_stack([rows[s:e], m.indices[s:e], np.rint(60.0 * m.values[s:e])])

@@ -2,9 +2,7 @@
 skew, and the interactions CSV the pipeline reads."""
 from __future__ import annotations
 
-import ast
 import csv
-import pathlib
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from benchmarks.synthetic import (
     movielens_20m_like,
     write_interactions_csv,
 )
+from schemas.contract import INTERACTION_COLUMNS
 from trainer.sparse import CSR
 
 
@@ -106,24 +105,15 @@ def test_20m_like_small_scale_shape_skew_and_determinism():
     assert d["user_activity"]["max"] > 20 * d["user_activity"]["min"]
 
 
-def _pipeline_interaction_columns() -> tuple[str, ...]:
-    """``ParseInteractionFn.COLUMNS`` read from preprocess/sources.py without importing Beam."""
-    src = pathlib.Path(__file__).resolve().parents[1] / "preprocess" / "sources.py"
-    for node in ast.walk(ast.parse(src.read_text())):
-        if isinstance(node, ast.ClassDef) and node.name == "ParseInteractionFn":
-            for stmt in node.body:
-                if isinstance(stmt, ast.Assign) and stmt.targets[0].id == "COLUMNS":
-                    return tuple(ast.literal_eval(stmt.value))
-    raise AssertionError("ParseInteractionFn.COLUMNS not found")
-
-
 def test_interactions_csv_has_the_pipeline_header(tmp_path):
     m = movielens_20m_like(0, scale=0.005)
     path = tmp_path / "interactions.csv"
     write_interactions_csv(m, str(path))
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    assert tuple(rows[0]) == _pipeline_interaction_columns()
+    # the pipeline's interactions_csv reader takes its columns from the contract too
+    # (tests/test_contract.py checks ParseInteractionFn.COLUMNS is INTERACTION_COLUMNS)
+    assert tuple(rows[0]) == INTERACTION_COLUMNS
     body = np.array(rows[1:], dtype=np.int64)
     assert body.shape == (m.nnz, 3)
     np.testing.assert_array_equal(body[:, 0], m.row_ids())
