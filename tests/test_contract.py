@@ -75,6 +75,12 @@ def test_preprocess_writes_exactly_the_contract_keys(tiny_output):
     assert (meta[K.NUSERS], meta[K.NITEMS], meta[K.NINTERACTIONS]) == (2, 2, 3)
 
 
+def test_metadata_md_describes_every_key():
+    text = (REPO / "schemas" / "metadata.md").read_text(encoding="utf-8")
+    for key in contract.WRITTEN_KEYS | contract.RATING_KEYS | contract.SPLIT_KEYS:
+        assert f'"{key}":' in text, key
+
+
 def test_preprocess_output_follows_the_contract_layout(tiny_output):
     meta = _metadata(tiny_output)
     assert meta[K.USER_VOCABULARY] == contract.USER_VOCABULARY_PATH
