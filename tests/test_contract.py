@@ -14,7 +14,9 @@ import pytest
 
 from schemas import contract
 from schemas.contract import MetadataKey as K
-from tests.conftest import REPO, run_preprocess
+from tests.conftest import run_preprocess
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # one visitor with two items, one with one: the smallest input with a non-trivial matrix
 ROWS = [("visitor-a", "item-1", 1000), ("visitor-a", "item-2", 2000), ("visitor-b", "item-1", 3000)]
@@ -134,16 +136,20 @@ def test_the_sql_returns_the_interaction_columns(tmp_path):
 
     from preprocess import ga4, sources
     from preprocess.sample_data import write_sample
-    from tests.test_ga4 import duckdb_table
 
-    ga360 = write_sample(str(tmp_path / "ga360.json"), n_visitors=20)
+    def columns(query: str) -> tuple[str, ...]:
+        result = con.execute(query)
+        assert result.fetchall(), "the sample gave no rows"
+        return tuple(c[0] for c in result.description)
+
     con = duckdb.connect()
-    query = sources.build_query(f"read_json('{ga360}', format='newline_delimited')")
-    assert tuple(c[0] for c in con.execute(query).description) == contract.INTERACTION_COLUMNS
+    ga360 = write_sample(str(tmp_path / "ga360.json"), n_visitors=20)
+    table = f"read_json('{ga360}', format='newline_delimited')"
+    assert columns(sources.build_query(table)) == contract.INTERACTION_COLUMNS
     events = write_sample(str(tmp_path / "ga4.json"), n_visitors=20, schema="ga4")
+    table = f"read_json('{events}', format='newline_delimited')"
     for duration in ga4.DURATIONS:
-        query = ga4.build_query(duckdb_table(events), duration=duration)
-        assert tuple(c[0] for c in con.execute(query).description) == contract.INTERACTION_COLUMNS
+        assert columns(ga4.build_query(table, duration=duration)) == contract.INTERACTION_COLUMNS
 
 
 def test_other_writers_write_a_subset_the_trainer_reads(tmp_path):
