@@ -60,7 +60,7 @@ ITEM_VOCABULARY_PATH: Final = vocabulary_path(ITEM_VOCABULARY_NAME)
 
 VISITOR_ID: Final = "visitorId"
 CONTENT_ID: Final = "contentId"
-SESSION_DURATION: Final = "session_duration"  # milliseconds
+SESSION_DURATION: Final = "session_duration"  # ms in the SQL; ratings use only its ratio to the median
 INTERACTION_COLUMNS: Final = (VISITOR_ID, CONTENT_ID, SESSION_DURATION)
 
 # --------------------------------------------------------------------------- metadata.json keys
