@@ -37,7 +37,6 @@ import datetime
 import io
 import json
 import os
-import platform
 import resource
 import runpy
 import statistics
@@ -48,12 +47,14 @@ import time
 from collections import defaultdict
 from typing import Any, Optional, Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import REPO, machine, versions
+
 BASE_VISITORS = 150_000  # preprocess.sample_data.DEFAULT_VISITORS
 GENERATOR = os.path.join(REPO, "preprocess", "sample_data.py")
 PIPELINE, PANDAS = "pipeline", "pandas"
 PIPELINE_MODULE, PANDAS_MODULE = "preprocess", "benchmarks.preprocess_pandas"
 MSECS_METRIC = "ptransform_execution_time:total_msecs"
+PIPELINE_PACKAGES = ("apache-beam", "tensorflow", "tensorflow-transform", "tfx-bsl", "pandas", "numpy", "pyarrow")
 
 
 # --------------------------------------------------------------------------- child side
@@ -386,37 +387,6 @@ def summarize(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def machine() -> dict:
-    import psutil
-
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
-def versions() -> dict:
-    from importlib import metadata
-
-    out = {}
-    for name in ("apache-beam", "tensorflow", "tensorflow-transform", "tfx-bsl", "pandas", "numpy", "pyarrow"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def git_state() -> dict:
     def git(*args: str) -> str:
         try:
@@ -536,6 +506,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     kinds = [args.only] if args.only else [PIPELINE, PANDAS]
     inputs = [ensure_input(scale, args.data_dir, args.visitors_per_scale) for scale in args.scales]
     started = datetime.datetime.now().isoformat(timespec="seconds")
+    host = machine()  # before the runs: its load average is the one they started under
     runs: list[dict] = []
     for info in inputs:
         print(f"scale ×{info['scale']}: {info['path']} ({info['sessions']:,} sessions, "
@@ -550,8 +521,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "started": started,
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": command,
-        "machine": machine(),
-        "versions": versions(),
+        "machine": host,
+        "versions": versions(PIPELINE_PACKAGES),
         "git": git_state(),
         "note": args.note,
         "inputs": inputs,

@@ -88,7 +88,6 @@ import datetime
 import itertools
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -101,19 +100,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
+from benchmarks.common import REPO, RESULTS, machine, versions  # noqa: E402
 from trainer.evaluation import evaluate, keep_rows, splitmix64  # noqa: E402
 from trainer.sparse import CSR  # noqa: E402
 
-RESULTS = os.path.join(REPO, "benchmarks", "results")
 BENCH_DATA = os.path.join(REPO, "data", "bench")
 VALIDATION_FRACTION = 0.2
 VALIDATION_SEED = 1  # the pipeline's test split uses seed 0
 VALIDATION_MAX_USERS = 3000
 SUBSAMPLE_SEED = 7
 EVAL_K = 10
+LIBRARIES = ("implicit", "tensorflow", "numpy", "scipy")  # versions recorded
 NDCG = f"ndcg@{EVAL_K}"
 
 # trainer/task.py's defaults before this benchmark (TF1 tutorial objective)
@@ -481,36 +478,6 @@ def task_defaults() -> Config:
 
 
 # --------------------------------------------------------------------------- report
-def versions() -> dict:
-    import importlib.metadata as im
-
-    out = {"python": platform.python_version()}
-    for pkg in ("implicit", "tensorflow", "numpy", "scipy"):
-        try:
-            out[pkg] = im.version(pkg)
-        except im.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def machine() -> dict:
-    info: dict[str, Any] = {"platform": platform.platform(), "cpus": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        info["cpu_model"] = names[0] if names else None
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:
-        pass
-    info["load_average_start"] = [round(x, 2) for x in os.getloadavg()]
-    return info
-
-
 def _cfg_text(cfg: Config) -> str:
     if cfg.get("objective") == "wals":
         return f"wals k={cfg['k']} λ={cfg['lambda']:g} w0={cfg['w0']:g}"
@@ -566,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([".venv/bin/python", "-m", "benchmarks.quality_vs_implicit",
                                *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine(), "versions": versions(),
+        "machine": machine(), "versions": versions(LIBRARIES),
         "protocol": {
             "metric": NDCG, "max_sweeps": sweeps, "test_seeds": list(seeds),
             "configs_per_library": len(grid["ours"]),

@@ -19,9 +19,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks.common import REPO, machine, versions
 from preprocess import sample_data
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def time_form(schema: str, folder: str) -> dict:
@@ -45,6 +44,7 @@ def main() -> int:
     parser.add_argument("--limit_s", type=float, default=15.0)
     parser.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", "sample_data_speed.json"))
     args = parser.parse_args()
+    host = machine()
     runs = []
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(args.repeats):
@@ -52,8 +52,8 @@ def main() -> int:
                 runs.append(time_form(schema, folder))
                 print(json.dumps(runs[-1]), flush=True)
     medians = {s: statistics.median(r["wall_s"] for r in runs if r["schema"] == s) for s in sample_data.SCHEMAS}
-    report = {"visitors": sample_data.DEFAULT_VISITORS, "items": 4_000, "seed": 42, "cpus": os.cpu_count(),
-              "median_wall_s": medians, "limit_s": args.limit_s, "runs": runs}
+    report = {"visitors": sample_data.DEFAULT_VISITORS, "items": 4_000, "seed": 42, "machine": host,
+              "versions": versions(("numpy",)), "median_wall_s": medians, "limit_s": args.limit_s, "runs": runs}
     os.makedirs(os.path.dirname(args.results), exist_ok=True)
     with open(args.results, "w") as handle:
         json.dump(report, handle, indent=2)

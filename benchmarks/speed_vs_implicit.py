@@ -73,7 +73,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -85,13 +84,9 @@ from typing import Any
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from benchmarks.synthetic import describe, movielens_20m_like  # noqa: E402
-from trainer.sparse import CSR  # noqa: E402
-
-RESULTS = os.path.join(REPO, "benchmarks", "results")
+from benchmarks.common import REPO, RESULTS, machine, versions
+from benchmarks.synthetic import describe, movielens_20m_like
+from trainer.sparse import CSR
 
 
 # --------------------------------------------------------------------------- matrix file
@@ -110,34 +105,6 @@ def implicit_csr(m: CSR, alpha: float) -> Any:
 
     data = (1.0 + alpha * m.values.astype(np.float64)).astype(np.float32)
     return scipy.sparse.csr_matrix((data, m.indices, m.indptr), shape=m.shape)
-
-
-# --------------------------------------------------------------------------- machine
-def machine() -> dict:
-    """CPU model and cores from /proc/cpuinfo, memory, load average."""
-    info: dict[str, Any] = {"platform": platform.platform(), "os_cpu_count": os.cpu_count()}
-    try:
-        info["cpus_usable"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-        names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
-        info["cpu_model"] = names[0] if names else None
-        info["logical_cpus_in_cpuinfo"] = len(names)
-        flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
-        info["simd"] = [f for f in ("avx", "avx2", "fma", "avx512f") if f in flags]
-    except OSError:
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            total = next(ln for ln in f if ln.startswith("MemTotal"))
-        info["mem_total_gib"] = round(int(total.split()[1]) / 2**20, 1)
-    except (OSError, StopIteration):
-        pass
-    info["load_average"] = os.getloadavg()
-    return info
 
 
 def code_version() -> dict:
@@ -345,23 +312,17 @@ def run_check(spec: dict) -> dict:
 def serve(lib: str, threads: int) -> None:
     """Worker loop: a ``ready`` line (versions, import seconds), then one JSON result line per
     JSON request line on stdin, until stdin closes."""
+    info: dict[str, Any] = versions(("numpy", "tensorflow") if lib == "ours" else ("numpy", "implicit", "scipy"))
     t = time.perf_counter()
-    info: dict[str, Any] = {"numpy": np.__version__, "python": platform.python_version()}
     if lib == "ours":
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
         import trainer.wals  # noqa: F401
-
-        info["tensorflow"] = tf.__version__
     else:
-        import implicit
         import implicit.cpu.als  # noqa: F401
-        import scipy
-
-        info["implicit"] = implicit.__version__
-        info["scipy"] = scipy.__version__
+        import scipy  # noqa: F401
     info["import_seconds"] = time.perf_counter() - t
     print(json.dumps({"ready": info}), flush=True)
     handlers = {"ours": run_ours, "implicit": run_implicit, "check": run_check}

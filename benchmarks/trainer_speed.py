@@ -1,13 +1,14 @@
 """Seconds per WALS sweep on a synthetic matrix (default: 1M interactions, skewed like real
 usage data), for several k and both solvers.
 
-    python benchmarks/trainer_speed.py                       # k = 10 64 128, cholesky and cg
-    python benchmarks/trainer_speed.py --k 64 --solvers cg --sweeps 3
-    python benchmarks/trainer_speed.py --json out.json
-    python benchmarks/trainer_speed.py --input_path output/   # a real preprocessing output
+    python -m benchmarks.trainer_speed                       # k = 10 64 128, cholesky and cg
+    python -m benchmarks.trainer_speed --k 64 --solvers cg --sweeps 3
+    python -m benchmarks.trainer_speed --json out.json
+    python -m benchmarks.trainer_speed --input_path output/   # a real preprocessing output
 
-The matrix: ``--users × --items`` with ``--nnz`` distinct (user, item) pairs, item popularity
-and user activity both Zipf-like (exponent ``--skew``), ratings uniform in (0, 1]. A sweep is
+The matrix (:func:`benchmarks.synthetic.zipf_matrix`): ``--users × --items`` with ``--nnz``
+distinct (user, item) pairs, item popularity and user activity both Zipf-like (exponent
+``--skew``), ratings uniform in [0.05, 1). A sweep is
 timed from the start of the row half-sweep to the column factors being ready (the loss, which
 the trainer computes once per sweep for logging, is timed separately). The first sweep includes
 the one-off ``tf.function`` tracing; the reported number is the median of the later sweeps.
@@ -17,34 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainer.sparse import CSR  # noqa: E402
-
-
-def synthetic(users: int, items: int, nnz: int, skew: float, seed: int) -> CSR:
-    rng = np.random.default_rng(seed)
-    pu = 1.0 / np.arange(1, users + 1) ** skew
-    pi = 1.0 / np.arange(1, items + 1) ** skew
-    pu, pi = pu / pu.sum(), pi / pi.sum()
-    keys = np.zeros(0, np.int64)
-    while keys.size < nnz:  # draw, deduplicate, top up
-        need = int((nnz - keys.size) * 1.3) + 1000
-        u = rng.choice(users, need, p=pu)
-        i = rng.choice(items, need, p=pi)
-        keys = np.unique(np.concatenate([keys, u.astype(np.int64) * items + i]))
-    keys = rng.permutation(keys)[:nnz]
-    perm_u, perm_i = rng.permutation(users), rng.permutation(items)
-    rows, cols = perm_u[keys // items], perm_i[keys % items]
-    vals = rng.uniform(0.05, 1.0, nnz).astype(np.float32)
-    return CSR.from_coo(rows, cols, vals, (users, items))
+from benchmarks.common import machine, versions
+from benchmarks.synthetic import zipf_matrix
 
 
 def main() -> None:
@@ -69,6 +49,7 @@ def main() -> None:
     from trainer.wals import WALSModel, compute_loss, default_device, solve_half_sweep
     from trainer.weights import Weighting
 
+    host = machine()  # before the sweeps: its load average is the one they started under
     t = time.perf_counter()
     if args.input_path:
         from trainer.data import load_training_data
@@ -76,7 +57,7 @@ def main() -> None:
 
         m = load_training_data(load_metadata(args.input_path)).user_items
     else:
-        m = synthetic(args.users, args.items, args.nnz, args.skew, args.seed)
+        m = zipf_matrix(args.users, args.items, args.nnz, args.skew, args.seed)
     lens = m.row_lengths()
     print(
         f"matrix {m.shape[0]} x {m.shape[1]}, nnz {m.nnz} (built in {time.perf_counter() - t:.1f} s); "
@@ -129,8 +110,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"args": vars(args), "platform": platform.platform(), "cpus": os.cpu_count(),
-                 "tensorflow": tf.__version__, "device": default_device(), "results": results},
+                {"args": vars(args), "machine": host, "versions": versions(("tensorflow", "numpy")),
+                 "device": default_device(), "results": results},
                 f, indent=2,
             )
 

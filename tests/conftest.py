@@ -1,34 +1,19 @@
-"""Shared fixtures: pipelines are expensive (TF + TFT), so each input is run once per session."""
+"""Shared fixtures: pipelines are expensive (TF + TFT), so each input is run once per session.
+Helpers the tests import live in modules (``tests/pipelines.py``, ``tests/processes.py``, ...)."""
 from __future__ import annotations
 
 import os
-import pathlib
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# GPUs stay visible: the trainer's device-parametrised tests (tests/trainer_fixtures.py, `device`)
+# run on every device TensorFlow sees. Allocate GPU memory as needed, not all of it up front, so
+# that the trainers the tests start in subprocesses can share the device.
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-SHARED_CSV = SHARED_DATA / "ga_sessions_20170801.csv"
-
-
-def require_shared(path: pathlib.Path) -> pathlib.Path:
-    """``path`` under ``../shared``; skips the test when it is absent (a user's fresh clone
-    has no ``../shared``), except under ``CI=true``, where CI always provides it."""
-    if path.exists():
-        return path
-    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-        pytest.fail(f"shared data file missing under CI: {path}")
-    pytest.skip(f"needs the shared data file {path} (absent outside the project's CI)")
-
-
-def run_preprocess(*argv: str) -> dict:
-    """Runs the whole job in this process (FnApiRunner) and returns its metadata."""
-    from preprocess.__main__ import run
-
-    return run(["--runner", "FnApiRunner", *argv])
+# REPO is re-exported for tests/test_contract.py (it imports it from here; its owner may move it)
+from tests.pipelines import REPO, SHARED_CSV, require_shared, run_preprocess  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

@@ -12,16 +12,8 @@ import pytest
 
 from preprocess.metadata import NoInteractionsError
 from tests import oracles
-from tests.conftest import REPO, run_preprocess
-
-
-def session(visitor, visit, hits):
-    return {"fullVisitorId": visitor, "visitNumber": visit, "hits": hits}
-
-
-def page(time, content=None):
-    dims = [{"index": 10, "value": content}] if content is not None else []
-    return {"time": time, "type": "PAGE", "customDimensions": dims}
+from tests.ga360_rows import page, session
+from tests.pipelines import REPO, run_preprocess
 
 
 def good_sessions(rng) -> list[dict]:

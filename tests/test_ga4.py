@@ -16,7 +16,7 @@ import pytest
 from preprocess import ga4
 from preprocess.options import PreprocessOptions, validate
 from tests import oracles
-from tests.conftest import SHARED_DATA, require_shared, run_preprocess
+from tests.pipelines import SHARED_DATA, find_bigquery_reads, offline_flags, require_shared, run_preprocess
 
 SHARED_GA4 = SHARED_DATA / "ga4_events_sample.ndjson"
 # The export schema's types, as BigQuery holds them (INT64 given as JSON strings load as INT64).
@@ -273,7 +273,6 @@ def test_ga4_table_query_filters_suffix_and_events():
 
 
 def test_bigquery_ga4_branch_builds_offline(tmp_path):
-    from tests.test_sources import find_bigquery_reads, offline_flags
     from preprocess import pipeline as graph
 
     options = PreprocessOptions(offline_flags(tmp_path) + ["--ga4_table", "p.d.events_*", "--item_source", "item_id"])

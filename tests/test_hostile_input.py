@@ -17,16 +17,8 @@ import pytest
 
 from preprocess import sources
 from tests import oracles
-from tests.conftest import REPO, run_preprocess
-
-
-def session(visitor, visit, hits):
-    return {"fullVisitorId": visitor, "visitNumber": visit, "hits": hits}
-
-
-def page(time, content=None, **extra):
-    dims = [{"index": 10, "value": content}] if content is not None else []
-    return {"time": time, "type": "PAGE", "customDimensions": dims, **extra}
+from tests.ga360_rows import page, session
+from tests.pipelines import REPO, run_preprocess
 
 
 def good_lines(rng, visitors: int = 40) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 
 from preprocess.sources import build_query
 from tests import oracles
-from tests.conftest import SHARED_CSV, run_preprocess
+from tests.pipelines import SHARED_CSV, run_preprocess, shared_csv_hits
 
 
 def check_both_directions(output: dict, expected: pd.DataFrame, median: float) -> None:
@@ -50,13 +50,6 @@ def test_bundled_sample_equals_pandas_grouping(bundled_sample, bundled_output):
     interactions = oracles.durations_from_hits(oracles.ga_json_hits(bundled_sample))
     expected, median = oracles.ratings(interactions)
     check_both_directions(oracles.pipeline_output(bundled_output), expected, median)
-
-
-def shared_csv_hits() -> pd.DataFrame:
-    raw = pd.read_csv(SHARED_CSV, dtype={"fullVisitorId": str, "productSKU": str})
-    return raw.rename(columns={"fullVisitorId": "visitorId", "productSKU": "contentId"})[
-        ["visitorId", "visitNumber", "time", "contentId"]
-    ]
 
 
 def test_real_ga_csv_equals_pandas_grouping(shared_csv_output):

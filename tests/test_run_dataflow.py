@@ -12,7 +12,6 @@ import os
 import pathlib
 import shlex
 import shutil
-import signal
 import subprocess
 
 import pytest
@@ -20,25 +19,12 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOption
 
 from preprocess import sample_data
 from preprocess.options import PreprocessOptions, validate
+from tests.pipelines import REPO
+from tests.processes import run_in_group
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "run_dataflow.sh"
 GCP = ["--runner", "DataflowRunner", "--project", "p", "--region", "europe-west1",
        "--temp_location", "gs://b/tmp", "--output_dir", "gs://b/out"]
-
-
-def run_in_group(cmd, timeout, **kwargs) -> subprocess.CompletedProcess:
-    """subprocess.run in a new session; on a timeout the whole process group is killed (the
-    scripts start children of their own)."""
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True, **kwargs) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def run(args, cwd, script=SCRIPT, timeout=120, **env) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@ import pytest
 
 from preprocess import ga4, sample_data, sessionize, sources
 from tests import oracles
-from tests.conftest import REPO
+from tests.pipelines import REPO
 
 SMALL = dict(n_visitors=2_000, n_items=800, seed=5)
 

@@ -16,7 +16,7 @@ import pytest
 from preprocess import pipeline as graph, sessionize, sources
 from preprocess.options import PreprocessOptions, validate
 from tests import oracles
-from tests.conftest import REPO
+from tests.pipelines import REPO, find_bigquery_reads, offline_flags
 
 ITEM_SOURCES = ("custom_dimension", "page_path", "product_sku")
 
@@ -98,27 +98,8 @@ def test_session_durations_by_hand():
     assert sessionize.session_item_durations(hits) == {"A": 1000, "B": 4000, "C": 4000}
 
 
-def offline_flags(tmp_path) -> list:
-    # The graph is the same for every runner; with --runner DataflowRunner or gs:// paths,
-    # merely building it already talks to Cloud Storage (tf.Transform creates its temp folder).
-    return ["--project", "my-project", "--region", "europe-west1",
-            "--temp_location", str(tmp_path / "tmp"), "--output_dir", str(tmp_path / "out")]
-
-
 CLOUD_FLAGS = ["--project", "my-project", "--region", "europe-west1",
                "--temp_location", "gs://b/tmp", "--output_dir", "gs://b/out"]
-
-
-def find_bigquery_reads(p: beam.Pipeline) -> list:
-    found = []
-
-    class Visitor(beam.pipeline.PipelineVisitor):
-        def enter_composite_transform(self, node):
-            if isinstance(node.transform, beam.io.ReadFromBigQuery):
-                found.append(node.transform)
-
-    p.visit(Visitor())
-    return found
 
 
 @pytest.mark.parametrize("extra,expected_query", [

@@ -11,8 +11,7 @@ import pytest
 
 from preprocess.split import held_out_flags, uniform_hash
 from tests import oracles
-from tests.conftest import SHARED_CSV, require_shared, run_preprocess
-from tests.test_pipeline_outputs import shared_csv_hits
+from tests.pipelines import SHARED_CSV, require_shared, run_preprocess, shared_csv_hits
 
 FRACTION, SEED = 0.3, 7
 

@@ -17,7 +17,6 @@ import pathlib
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -34,6 +33,7 @@ _sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
 
 from trainer_fixtures import REPO, random_ratings, write_dataset
 
+from tests.processes import run_in_group
 from trainer import task
 
 SCRIPT = REPO / "run_training.sh"
@@ -42,19 +42,6 @@ IMAGE = "europe-docker.pkg.dev/proj-1/ml/wals-trainer:0.1.0"
 PREBUILT = "us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest"
 BASE = ["--input_path", "gs://bkt/prep", "--output_dir", "gs://bkt/model", "--project", "proj-1"]
 
-
-def run_in_group(cmd, timeout, **kwargs) -> subprocess.CompletedProcess:
-    """subprocess.run in a new session; on a timeout the whole process group is killed (the
-    scripts start children of their own)."""
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True, **kwargs) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 # ------------------------------------------------------------------------------ gcloud stand-in
 # Records every call (argv; the --config file's text; the uploaded file) and, when a real
