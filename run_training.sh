@@ -137,19 +137,19 @@ REPO="$PWD"
 PYTHON="${PYTHON:-python3}"
 [[ -x .venv/bin/python && "${PYTHON}" == python3 ]] && PYTHON=.venv/bin/python
 command -v "$PYTHON" >/dev/null 2>&1 || die "no Python: '$PYTHON' not found (set PYTHON, or run ./install.sh)"
-[[ -f trainer/task.py ]] || die "trainer/task.py not found beside run_training.sh: cannot check the trainer flags"
+[[ -f trainer/flags.py ]] || die "trainer/flags.py not found beside run_training.sh: cannot check the trainer flags"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 SPEC="$WORK/custom_job.yaml"
 
-# Checks the job's trainer arguments with the trainer's own parser (trainer.task.parse_args)
+# Checks the job's trainer arguments with the trainer's own parser (trainer.flags.parse_args)
 # and, with an output file, writes the job spec (a Vertex AI CustomJobSpec in YAML: block
 # style, every string a double-quoted scalar, so any character survives).
 # argv: MODE(check|spec) REPO OUT KIND(container|python) IMAGE MACHINE ACC_TYPE ACC_COUNT
 #       PACKAGE_URI INPUT_PATH OUTPUT_DIR TRAINER_ARGS...
 # Exit status 2 with one line on stderr for bad flags; 3 when the trainer printed its --help.
 HELPER=$(cat <<'PY'
-import contextlib, io, re, sys, types
+import contextlib, io, re, sys
 
 (mode, repo, out, kind, image, machine, acc_type, acc_count, package_uri,
  input_path, output_dir, *trainer) = sys.argv[1:]
@@ -167,15 +167,10 @@ for a in sys.argv[1:]:
         fail("an argument is not valid UTF-8")
 sys.path.insert(0, repo)
 try:
-    import numpy  # noqa: F401
-except ImportError:
-    # trainer/task.py imports NumPy at module level; parse_args does not use it. A stand-in
-    # lets a Python without NumPy (e.g. the system python3) check the flags.
-    sys.modules["numpy"] = types.ModuleType("numpy")
-try:
-    from trainer.task import parse_args
+    # standard library only (no NumPy, no TensorFlow): any python3 checks the flags
+    from trainer.flags import parse_args
 except Exception as e:  # noqa: BLE001 - reported in one line
-    fail(f"cannot import the trainer's flag parser from {repo}/trainer/task.py "
+    fail(f"cannot import the trainer's flag parser from {repo}/trainer/flags.py "
          f"({type(e).__name__}: {e}); set PYTHON to the project's .venv/bin/python")
 
 
@@ -242,7 +237,7 @@ helper() {  # helper MODE [PACKAGE_URI]
   "$PYTHON" -c "$HELPER" "$1" "$REPO" "$SPEC" "$KIND" "$JOB_IMAGE" "$MACHINE_TYPE" "$ACCELERATOR_TYPE" \
     "$ACCELERATOR_COUNT" "${2:-}" "$INPUT_PATH" "$OUTPUT_DIR" \
     "${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}" || rc=$?
-  if [[ $rc == 3 ]]; then echo "(the trainer's --help, from trainer/task.py; nothing was submitted)" >&2; exit 0; fi
+  if [[ $rc == 3 ]]; then echo "(the trainer's --help, from trainer/flags.py; nothing was submitted)" >&2; exit 0; fi
   [[ $rc == 0 ]] || exit 2
 }
 # Before anything is built, uploaded or submitted.

@@ -460,8 +460,8 @@ def test_bad_arguments(cloud, args, msg):
 
 
 def test_works_with_a_python_without_numpy(cloud):
-    """Only Python + setuptools are needed to submit (the system python3 has no NumPy):
-    trainer.task's module-level `import numpy` gets a stand-in; parse_args does not use it."""
+    """Only Python + setuptools are needed to submit (the system python3 has no NumPy): the
+    flags are checked by trainer.flags, which imports the standard library only."""
     py = "/usr/bin/python3"
     if not os.path.exists(py) or subprocess.run([py, "-c", "import numpy"], capture_output=True).returncode == 0:
         pytest.skip("needs a python3 without NumPy at /usr/bin/python3")

@@ -15,7 +15,7 @@ import pytest
 # trainer_fixtures sits beside this file (importable with or without tests/__init__.py)
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from trainer_fixtures import dense_rows, random_ratings, write_dataset, write_records
+from trainer_fixtures import cpu_only, dense_rows, random_ratings, write_dataset, write_records
 
 from schemas import records
 from trainer import task
@@ -356,7 +356,8 @@ def test_fit_stops_when_the_callback_returns_true():
         seen.append(st.sweeps_done)
         return st.sweeps_done == 2
 
-    m = WALSModel(factors=3, regularization=0.1).fit(CSR.from_dense(random_ratings(15, 9, 0.3, 5)), epochs=6, callback=cb)
+    m = WALSModel(factors=3, regularization=0.1, objective="wals", unobserved_weight=0.1, iterations=6)
+    m.fit(CSR.from_dense(random_ratings(15, 9, 0.3, 5)), callback=cb)
     assert seen == [1, 2] and [h["sweep"] for h in m.history] == [1, 2]
 
 
@@ -536,7 +537,8 @@ ES = ["--num_epochs", "30", "--early_stopping_metric", "ndcg", "--early_stopping
 @pytest.fixture(scope="module")
 def early_stopped(split_dir, tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("es")
-    assert task.main(["--input_path", str(split_dir), "--output_dir", str(out), *ES, *FAST]) == 0
+    with cpu_only():  # compared bit for bit with other runs below
+        assert task.main(["--input_path", str(split_dir), "--output_dir", str(out), *ES, *FAST]) == 0
     return out
 
 
@@ -554,8 +556,9 @@ def test_early_stopping_stops_and_restores_best(early_stopped, split_dir, tmp_pa
     assert vals[-1] <= vals[best]
     # the saved factors are those of the best sweep: a plain run of that many sweeps
     plain = tmp_path / "plain"
-    assert task.main(["--input_path", str(split_dir), "--output_dir", str(plain),
-                      "--num_epochs", str(es["best_sweep"]), *FAST]) == 0
+    with cpu_only():
+        assert task.main(["--input_path", str(split_dir), "--output_dir", str(plain),
+                          "--num_epochs", str(es["best_sweep"]), *FAST]) == 0
     u, v = np.load(early_stopped / "row_factors.npy"), np.load(early_stopped / "col_factors.npy")
     np.testing.assert_array_equal(u, np.load(plain / "row_factors.npy"))
     np.testing.assert_array_equal(v, np.load(plain / "col_factors.npy"))
@@ -581,18 +584,21 @@ def test_early_stopping_stops_and_restores_best(early_stopped, split_dir, tmp_pa
 
 
 def test_early_stopping_resume_after_crash_gives_same_result(early_stopped, split_dir, tmp_path, monkeypatch):
-    """Crash in the worst window: sweep 3 checkpointed and its factors saved as the new best,
-    but evaluation.json not yet updated. --resume must replay sweep 3's evaluation and end
-    exactly like the uninterrupted run."""
+    """Crash in the worst window: sweep 3 evaluated as the new best, its factors and best
+    factors written, but state.json not yet pointing to them. --resume must redo sweep 3 and
+    its evaluation and end exactly like the uninterrupted run."""
+    from trainer import device as device_policy
     from trainer import fileio
 
+    # compared bit for bit with the uninterrupted run: on the CPU (tests/trainer_fixtures.cpu_only)
+    monkeypatch.setattr(device_policy, "default_device", lambda: device_policy.CPU)
     ev = json.loads((early_stopped / "metrics.json").read_text())["evaluations"]
     assert ev[2]["ndcg@10"] > max(e["ndcg@10"] for e in ev[:2])  # sweep 3 is a new best
     out = tmp_path / "crashed"
     real_write_json = fileio.write_json
 
     def crash_at_sweep_3(path, obj):
-        if path.endswith("evaluation.json") and obj["evaluations"][-1]["sweep"] == 3:
+        if path.endswith("state.json") and obj["sweeps_done"] == 3:
             raise KeyboardInterrupt
         real_write_json(path, obj)
 
@@ -601,9 +607,13 @@ def test_early_stopping_resume_after_crash_gives_same_result(early_stopped, spli
         task.main(["--input_path", str(split_dir), "--output_dir", str(out), *ES, *FAST])
     monkeypatch.setattr(fileio, "write_json", real_write_json)
     ckpt = out / "checkpoint"
-    assert json.loads((ckpt / "state.json").read_text())["sweeps_done"] == 3
-    assert [e["sweep"] for e in json.loads((ckpt / "evaluation.json").read_text())["evaluations"]] == [1, 2]
-    assert sorted(p.name for p in ckpt.glob("best_factors-*")) == ["best_factors-00002.npz", "best_factors-00003.npz"]
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["sweeps_done"] == 2 and state["version"] == 2
+    assert [e["sweep"] for e in state["evaluation"]["evaluations"]] == [1, 2]
+    assert state["evaluation"]["best"] == {"sweep": 2, "factors": "best-00002.npz"}
+    # the files of the unfinished sweep 3 are there, not yet named by state.json
+    assert sorted(p.name for p in ckpt.glob("*.npz")) == [
+        "best-00002.npz", "best-00003.npz", "factors-00002.npz", "factors-00003.npz"]
 
     assert task.main(["--input_path", str(split_dir), "--output_dir", str(out), "--resume", *ES, *FAST]) == 0
     a = json.loads((early_stopped / "metrics.json").read_text())

@@ -173,8 +173,8 @@ _HOLD = r"""
 import pathlib, sys, time
 from trainer import checkpoint, task
 real_save = checkpoint.Checkpointer.save
-def save_then_hang(self, state):
-    real_save(self, state)
+def save_then_hang(self, state, *args, **kwargs):
+    real_save(self, state, *args, **kwargs)
     pathlib.Path(sys.argv[1]).write_text("saved")
     time.sleep(600)  # holds the output dir until killed
 checkpoint.Checkpointer.save = save_then_hang
@@ -493,8 +493,31 @@ def test_corrupt_checkpoint_with_resume_is_one_line_and_exit_2(kind, checkpointe
                   *FAST]) == 0
 
 
-@pytest.mark.parametrize("kind", ["evaluation.json truncated", "evaluation.json a list", "best factors garbage",
-                                  "best factors NaN"])
+@pytest.mark.parametrize("version", [None, 1, 3, "2"])  # None: an older trainer's (no field)
+def test_checkpoint_of_another_format_version_is_refused_in_one_line(version, checkpointed, data_dir,
+                                                                     tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(checkpointed, out)
+    state_file = out / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["version"] == 2
+    if version is None:
+        del state["version"]
+    else:
+        state["version"] = version
+    state_file.write_text(json.dumps(state))
+    rc = _main(["--input_path", str(data_dir), "--output_dir", str(out), "--resume", "--no_export",
+                "--no_batch_pred", *FAST, "--num_epochs", "3"])
+    line = _one_error_line(capsys.readouterr().err)
+    shown = repr(1 if version is None else version)
+    assert rc == 2 and f"format version {shown}" in line and "reads version 2" in line, line
+    assert "run without --resume" in line
+
+
+@pytest.mark.parametrize("kind", ["evaluation state a list", "evaluations not a list", "best factors garbage",
+                                  "best factors NaN", "best factors name escapes the dir"])
 def test_corrupt_early_stopping_state_with_resume_is_one_line_and_exit_2(kind, tmp_path, capsys):
     d = _dense()
     test = np.zeros_like(d)
@@ -509,11 +532,17 @@ def test_corrupt_early_stopping_state_with_resume_is_one_line_and_exit_2(kind, t
             "--eval_k", "3", "--no_export", "--no_batch_pred", *FAST]
     assert _main(argv) == 0
     ckpt = out / "checkpoint"
-    best = sorted(ckpt.glob("best_factors-*.npz"))[-1]
-    if kind == "evaluation.json truncated":
-        (ckpt / "evaluation.json").write_text('{"fingerprint": "')
-    elif kind == "evaluation.json a list":
-        (ckpt / "evaluation.json").write_text("[]")
+    state = json.loads((ckpt / "state.json").read_text())
+    best = ckpt / state["evaluation"]["best"]["factors"]
+    if kind == "evaluation state a list":
+        state["evaluation"] = []
+        (ckpt / "state.json").write_text(json.dumps(state))
+    elif kind == "evaluations not a list":
+        state["evaluation"]["evaluations"] = {"sweep": 1}
+        (ckpt / "state.json").write_text(json.dumps(state))
+    elif kind == "best factors name escapes the dir":
+        state["evaluation"]["best"]["factors"] = "../factors-00001.npz"
+        (ckpt / "state.json").write_text(json.dumps(state))
     elif kind == "best factors garbage":
         best.write_bytes(b"\x00" * 10)
     else:

@@ -16,13 +16,12 @@ from tolerances import (
     dot_tolerance,
     solve_tolerance,
 )
-from trainer_fixtures import numpy_solve_rows, numpy_topk, random_ratings
+from trainer_fixtures import device, numpy_solve_rows, numpy_topk, random_ratings  # noqa: F401
 
 from trainer.errors import TrainerInputError
 from trainer.recommend import read_batch_predictions, top_k, write_batch_predictions
 from trainer.sparse import CSR
 from trainer.wals import WALSModel
-from trainer.weights import Weighting
 
 
 def _check(ids, scores, ref, q, t, seen, n):
@@ -36,7 +35,7 @@ def _check(ids, scores, ref, q, t, seen, n):
 
 
 @pytest.mark.parametrize("n,batch_size", [(4, 3), (20, 1000)])  # several blocks; N > ntargets
-def test_top_k_with_filter_equals_argsort(n, batch_size):
+def test_top_k_with_filter_equals_argsort(n, batch_size, device):
     rng = np.random.default_rng(0)
     q = rng.standard_normal((9, 5)).astype(np.float32)
     t = rng.standard_normal((13, 5)).astype(np.float32)
@@ -44,13 +43,14 @@ def test_top_k_with_filter_equals_argsort(n, batch_size):
     seen[2, :11] = True  # only 2 candidates left
     seen[3, :] = True  # nothing left
     q[5] = 0.0  # zero factor (no training interactions): no recommendations
-    ids, scores = top_k(q, t, n, exclude=CSR.from_dense(seen.astype(float)), batch_size=batch_size)
+    ids, scores = top_k(q, t, n, exclude=CSR.from_dense(seen.astype(float)), batch_size=batch_size,
+                        device=device)
     assert ids.shape == (9, n) and scores.shape == (9, n)
     ref = numpy_topk(q @ t.T, seen, n)
     ref[5] = []
     _check(ids, scores, ref, q, t, seen, n)
     # and without filtering
-    ids, scores = top_k(q, t, n, batch_size=batch_size)
+    ids, scores = top_k(q, t, n, batch_size=batch_size, device=device)
     ref = numpy_topk(q @ t.T, np.zeros_like(seen), n)
     ref[5] = []
     _check(ids, scores, ref, q, t, np.zeros_like(seen), n)
@@ -91,8 +91,9 @@ def test_top_k_bad_input():
 def fitted():
     d = random_ratings(30, 19, 0.25, 1)
     d[7, :] = 0.0
-    model = WALSModel(factors=4, regularization=0.3, weighting=Weighting(unobserved_weight=0.2))
-    model.fit(CSR.from_dense(d), epochs=3)
+    model = WALSModel(factors=4, regularization=0.3, objective="wals", unobserved_weight=0.2,
+                      iterations=3)
+    model.fit(CSR.from_dense(d))
     return d, model
 
 
@@ -167,9 +168,8 @@ def test_recalculate_user_equals_numpy_solve(fitted):
 @pytest.fixture(scope="module")
 def fitted_implicit():
     d = random_ratings(30, 19, 0.25, 1)
-    model = WALSModel(factors=4, regularization=0.3,
-                      weighting=Weighting(objective="implicit", alpha=10.0))
-    model.fit(CSR.from_dense(d), epochs=3)
+    model = WALSModel(factors=4, regularization=0.3, objective="implicit", alpha=10.0, iterations=3)
+    model.fit(CSR.from_dense(d))
     return d, model
 
 

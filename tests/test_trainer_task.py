@@ -19,7 +19,9 @@ import sys as _sys
 # trainer_fixtures sits beside this file (importable with or without tests/__init__.py)
 _sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
 
-from trainer_fixtures import REPO, dense_weights, numpy_solve_rows, numpy_topk, random_ratings, write_dataset
+from trainer_fixtures import (
+    REPO, cpu_only, dense_weights, numpy_solve_rows, numpy_topk, random_ratings, write_dataset,
+)
 
 from trainer import task
 from trainer.recommend import read_batch_predictions
@@ -53,9 +55,10 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("train")
-    rc = task.main(
-        ["--input_path", str(data_dir), "--output_dir", str(out), "--predict_users_for_items", *FLAGS]
-    )
+    with cpu_only():  # compared bit for bit with a resumed run
+        rc = task.main(
+            ["--input_path", str(data_dir), "--output_dir", str(out), "--predict_users_for_items", *FLAGS]
+        )
     assert rc == 0
     return out
 
@@ -69,7 +72,7 @@ def test_output_files(trained):
     assert u.dtype == np.float32 and u.shape == (NUSERS, K)
     assert v.dtype == np.float32 and v.shape == (NITEMS, K)
     s = json.loads((trained / "training_summary.json").read_text())
-    assert s["hyperparameters"]["n_embeds"] == K
+    assert s["hyperparameters"]["factors"] == K and s["hyperparameters"]["iterations"] == 4
     assert s["hyperparameters"]["regularization"] == LAM
     assert s["hyperparameters"]["unobserved_weight"] == W0
     assert [h["sweep"] for h in s["history"]] == [1, 2, 3, 4]
@@ -95,6 +98,29 @@ def test_output_files(trained):
         assert logged["loss", h["sweep"]] == pytest.approx(h["loss"], rel=1e-6)
         assert logged["rwse", h["sweep"]] == pytest.approx(h["rwse"], rel=1e-6)
     assert (trained / "vocab" / "users.txt").read_text().splitlines() == USERS
+
+
+def test_no_training_loss_skips_the_loss_not_the_training(trained, data_dir, tmp_path):
+    """--no_training_loss (WALSModel's calculate_training_loss=False): the same factors, a
+    history of sweep numbers and seconds, no loss scalars in TensorBoard."""
+    out = tmp_path / "noloss"
+    with cpu_only():
+        rc = task.main(["--input_path", str(data_dir), "--output_dir", str(out), "--no_training_loss",
+                        "--no_export", *FLAGS])
+    assert rc == 0
+    for a, b in zip(_factors(trained), _factors(out)):
+        np.testing.assert_array_equal(a, b)
+    s = json.loads((out / "training_summary.json").read_text())
+    assert [sorted(h) for h in s["history"]] == [["seconds", "sweep"]] * 4
+    assert s["final"] == {"sweep": 4}
+    assert (out / "batch_pred.txt").read_text() == (trained / "batch_pred.txt").read_text()
+    import tensorflow as tf
+
+    tags = set()
+    for e in (out / "tensorboard").glob("events.out.tfevents.*"):
+        for rec in tf.data.TFRecordDataset([str(e)]).as_numpy_iterator():
+            tags |= {v.tag for v in tf.compat.v1.Event.FromString(rec).summary.value}
+    assert tags == {"seconds"}
 
 
 def test_col_factors_are_the_closed_form_given_row_factors(trained):
@@ -202,8 +228,8 @@ _KILL_ME = r"""
 import pathlib, sys, time
 from trainer import checkpoint, task
 real_save = checkpoint.Checkpointer.save
-def save_then_hang(self, state):
-    real_save(self, state)
+def save_then_hang(self, state, *args, **kwargs):
+    real_save(self, state, *args, **kwargs)
     if state.sweeps_done == 2:
         pathlib.Path(sys.argv[1]).write_text("saved")
         time.sleep(600)  # killed here, in the middle of the run
@@ -217,7 +243,7 @@ def test_resume_after_kill_gives_same_factors(trained, data_dir, tmp_path):
     loss history and same predictions as the uninterrupted run (CPU is deterministic)."""
     out = tmp_path / "killed"
     marker = tmp_path / "marker"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")  # CPU: bit for bit
     proc = subprocess.Popen(
         [sys.executable, "-c", _KILL_ME, str(marker), "--input_path", str(data_dir),
          "--output_dir", str(out), *FLAGS],
@@ -236,7 +262,8 @@ def test_resume_after_kill_gives_same_factors(trained, data_dir, tmp_path):
     assert not (out / "row_factors.npy").exists()
     assert json.loads((out / "checkpoint" / "state.json").read_text())["sweeps_done"] == 2
 
-    rc = task.main(["--input_path", str(data_dir), "--output_dir", str(out), "--resume", "--no_export", *FLAGS])
+    with cpu_only():
+        rc = task.main(["--input_path", str(data_dir), "--output_dir", str(out), "--resume", "--no_export", *FLAGS])
     assert rc == 0
     u1, v1 = _factors(trained)
     u2, v2 = _factors(out)
@@ -273,6 +300,7 @@ def test_module_entry_point_runs_without_beam(tmp_path):
         "try:\n runpy.run_module('trainer.task', run_name='__main__')\n"
         "except SystemExit: pass\n"
         "import trainer.wals, trainer.data, trainer.export, trainer.recommend, trainer.checkpoint\n"
+        "import trainer.heldout, trainer.device, trainer.monitor, trainer.flags, trainer.hparams\n"
         "bad=[m for m in sys.modules if m.startswith(('apache_beam','tensorflow_transform'))]\n"
         "print('BAD', bad)"
     )

@@ -10,8 +10,9 @@ import sys as _sys
 # trainer_fixtures sits beside this file (importable with or without tests/__init__.py)
 _sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
 
-from trainer_fixtures import (
+from trainer_fixtures import (  # noqa: F401 - device: the per-device fixture
     dense_weights,
+    device,
     numpy_objective,
     numpy_solve_rows,
     random_ratings,
@@ -33,9 +34,14 @@ from trainer.errors import TrainerInputError
 from trainer.sparse import CSR
 from trainer import wals as wals_mod
 from trainer.wals import WALSModel, compute_loss, route_batches, solve_half_sweep
-from trainer.weights import Weighting
 
 tf = pytest.importorskip("tensorflow")
+
+
+def _on(device: str, array: np.ndarray):
+    """``array`` as a tensor held on ``device`` (the solver runs where its fixed factors are)."""
+    with tf.device(device):
+        return tf.identity(tf.constant(array))
 
 
 def _edge_matrix(seed: int = 0) -> np.ndarray:
@@ -59,8 +65,8 @@ def _half_sweeps(model: WALSModel, d: np.ndarray, v0: np.ndarray, u0: np.ndarray
     3k/4 entries through the Woodbury path (at any k), ``False`` none."""
     user_plan, item_plan = model.prepare(CSR.from_dense(d), **kw)
     w0, lam = model.weighting.w0, model.regularization
-    u = solve_half_sweep(tf.constant(v0), user_plan, w0, lam, woodbury=woodbury)
-    v = solve_half_sweep(tf.constant(u0), item_plan, w0, lam, woodbury=woodbury)
+    u = solve_half_sweep(_on(model.device, v0), user_plan, w0, lam, woodbury=woodbury)
+    v = solve_half_sweep(_on(model.device, u0), item_plan, w0, lam, woodbury=woodbury)
     return u.numpy(), v.numpy()
 
 
@@ -83,14 +89,14 @@ def _assert_half_sweeps_exact(u, v, v0, u0, target, w, lam):
     ],
 )
 @pytest.mark.parametrize("woodbury", [True, False])
-def test_half_sweeps_equal_dense_closed_form(w0, lam, k, batch_size, max_floats, woodbury):
+def test_half_sweeps_equal_dense_closed_form(w0, lam, k, batch_size, max_floats, woodbury, device):
     d = _edge_matrix()
     rng = np.random.default_rng(1)
     v0 = rng.standard_normal((17, k)).astype(np.float32)
     u0 = rng.standard_normal((23, k)).astype(np.float32)
     model = WALSModel(
-        factors=k, regularization=lam, weighting=Weighting(unobserved_weight=w0),
-        batch_size=batch_size, max_batch_floats=max_floats,
+        factors=k, regularization=lam, objective="wals", unobserved_weight=w0,
+        batch_size=batch_size, max_batch_floats=max_floats, device=device,
     )
     u, v = _half_sweeps(model, d, v0, u0, woodbury=woodbury)
     w = dense_weights(d, w0, np.ones(23), np.ones(17))
@@ -99,38 +105,37 @@ def test_half_sweeps_equal_dense_closed_form(w0, lam, k, batch_size, max_floats,
     assert np.all(np.isfinite(u)) and np.all(np.isfinite(v))
 
 
-def test_half_sweeps_with_row_and_column_weights():
+def test_half_sweeps_with_row_and_column_weights(device):
     d = _edge_matrix(3)
     rng = np.random.default_rng(2)
     rw, cw = rng.uniform(0.2, 3.0, 23), rng.uniform(0.0, 5.0, 17)
     v0 = rng.standard_normal((17, 6)).astype(np.float32)
     u0 = rng.standard_normal((23, 6)).astype(np.float32)
-    model = WALSModel(factors=6, regularization=0.3, weighting=Weighting(unobserved_weight=0.2))
+    model = WALSModel(factors=6, regularization=0.3, objective="wals", unobserved_weight=0.2,
+                      device=device)
     u, v = _half_sweeps(model, d, v0, u0, row_weights=rw, col_weights=cw)
     w = dense_weights(d, 0.2, rw, cw)
     _assert_half_sweeps_exact(u, v, v0, u0, d, w, 0.3)
 
 
 @pytest.mark.parametrize("kind,param", [("inverse_linear", 7.0), ("inverse_power", 0.6)])
-def test_popularity_column_weights(kind, param):
+def test_popularity_column_weights(kind, param, device):
     d = _edge_matrix(4)
     n = (d > 0).sum(axis=0).astype(float)
     with np.errstate(divide="ignore"):
         gamma = np.where(n > 0, param / n, 0.0) if kind == "inverse_linear" else np.where(n > 0, n ** -param, 0.0)
-    weighting = Weighting(
-        unobserved_weight=0.05, col_weights=kind, col_weight_factor=param, col_weight_exp=param
-    )
     rng = np.random.default_rng(5)
     v0 = rng.standard_normal((17, 4)).astype(np.float32)
     u0 = rng.standard_normal((23, 4)).astype(np.float32)
-    model = WALSModel(factors=4, regularization=0.1, weighting=weighting)
+    model = WALSModel(factors=4, regularization=0.1, objective="wals", unobserved_weight=0.05,
+                      col_weights=kind, col_weight_factor=param, col_weight_exp=param, device=device)
     u, v = _half_sweeps(model, d, v0, u0)
     w = dense_weights(d, 0.05, np.ones(23), gamma)
     _assert_half_sweeps_exact(u, v, v0, u0, d, w, 0.1)
 
 
 @pytest.mark.parametrize("confidence", ["linear", "log"])
-def test_implicit_confidence_objective(confidence):
+def test_implicit_confidence_objective(confidence, device):
     d = (_edge_matrix(6) * 5.0).astype(np.float32).astype(np.float64)  # as the CSR stores it
     alpha, eps = 4.0, 0.5
     f = d if confidence == "linear" else np.log1p(d / eps)
@@ -139,13 +144,13 @@ def test_implicit_confidence_objective(confidence):
     rng = np.random.default_rng(7)
     v0 = rng.standard_normal((17, 5)).astype(np.float32)
     u0 = rng.standard_normal((23, 5)).astype(np.float32)
-    weighting = Weighting(objective="implicit", alpha=alpha, confidence=confidence, epsilon=eps)
-    model = WALSModel(factors=5, regularization=0.2, weighting=weighting)
+    model = WALSModel(factors=5, regularization=0.2, objective="implicit", alpha=alpha,
+                      confidence=confidence, epsilon=eps, device=device)
     u, v = _half_sweeps(model, d, v0, u0)
     _assert_half_sweeps_exact(u, v, v0, u0, pref, w, 0.2)
 
 
-def test_cg_converges_to_closed_form():
+def test_cg_converges_to_closed_form(device):
     """30 float64 CG steps on k = 6 (exact in ≤ 6 steps in exact arithmetic) reach the closed
     form to within ``m·(X)``, m = 30: (X) of tests/tolerances.py is one backward-stable direct
     solve's forward error; in floating point CG's computed residual drifts from the true one by
@@ -156,30 +161,31 @@ def test_cg_converges_to_closed_form():
     d = _edge_matrix(8)
     rng = np.random.default_rng(9)
     v0 = rng.standard_normal((17, 6))
-    model = WALSModel(factors=6, regularization=0.4, dtype="float64",
-                      weighting=Weighting(unobserved_weight=0.3))
+    model = WALSModel(factors=6, regularization=0.4, dtype="float64", objective="wals",
+                      unobserved_weight=0.3, device=device)
     user_plan, _ = model.prepare(CSR.from_dense(d))
-    start = tf.constant(rng.standard_normal((23, 6)))
+    start = _on(device, rng.standard_normal((23, 6)))
     steps = 30
-    u = solve_half_sweep(tf.constant(v0), user_plan, 0.3, 0.4, "cg", cg_steps=steps, previous=start)
+    u = solve_half_sweep(_on(device, v0), user_plan, 0.3, 0.4, "cg", cg_steps=steps, previous=start)
     w = dense_weights(d, 0.3, np.ones(23), np.ones(17))
     want = numpy_solve_rows(v0, d, w, 0.4)
     tol = steps * solve_tolerance(v0, d, w, 0.4, np.float64)
     assert_rows_within(u.numpy(), want, tol, "30 CG steps")
     # and 2 steps are not yet the solution (the test above can fail)
-    u2 = solve_half_sweep(tf.constant(v0), user_plan, 0.3, 0.4, "cg", cg_steps=2, previous=start)
+    u2 = solve_half_sweep(_on(device, v0), user_plan, 0.3, 0.4, "cg", cg_steps=2, previous=start)
     err2 = np.linalg.norm(u2.numpy() - want, axis=1)
     assert np.all(err2[tol > 0] > 1e3 * tol[tol > 0])
 
 
-def test_loss_and_rwse_equal_dense_objective():
+def test_loss_and_rwse_equal_dense_objective(device):
     d = _edge_matrix(10)
     rng = np.random.default_rng(11)
     u = rng.standard_normal((23, 5)).astype(np.float32)
     v = rng.standard_normal((17, 5)).astype(np.float32)
-    model = WALSModel(factors=5, regularization=0.25, weighting=Weighting(unobserved_weight=0.15))
+    model = WALSModel(factors=5, regularization=0.25, objective="wals", unobserved_weight=0.15,
+                      device=device)
     user_plan, _ = model.prepare(CSR.from_dense(d))
-    got = compute_loss(tf.constant(u), tf.constant(v), user_plan, 0.15, 0.25)
+    got = compute_loss(_on(device, u), _on(device, v), user_plan, 0.15, 0.25)
     w = dense_weights(d, 0.15, np.ones(23), np.ones(17))
     want = numpy_objective(u, v, d, w, 0.25)
     unreg = numpy_objective(u, v, d, w, 0.0)
@@ -197,7 +203,7 @@ def test_loss_and_rwse_equal_dense_objective():
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("solver", ["cholesky", "cg"])
-def test_objective_never_increases(seed, solver):
+def test_objective_never_increases(seed, solver, device):
     """Property: over random shapes, densities, k, w0, λ and weights the per-sweep objective
     (float32 solves, float64 loss) is non-increasing up to rounding, bounded as in
     tests/tolerances.py. From sweep s − 1 to s the loss may rise by at most the evaluation
@@ -217,10 +223,11 @@ def test_objective_never_increases(seed, solver):
     k = int(rng.integers(1, 12))
     w0, lam = float(rng.choice([0.0, rng.uniform(0, 1)])), float(rng.uniform(0.01, 2.0))
     rw, cw = rng.uniform(0.1, 4.0, n), rng.uniform(0.0, 4.0, m)
-    model = WALSModel(factors=k, regularization=lam, solver=solver, cg_steps=2,
-                      weighting=Weighting(unobserved_weight=w0), random_state=seed)
+    model = WALSModel(factors=k, regularization=lam, solver=solver, cg_steps=2, objective="wals",
+                      unobserved_weight=w0, random_state=seed, iterations=6,
+                      calculate_training_loss=True, device=device)
     states = []
-    model.fit(CSR.from_dense(d), epochs=6, row_weights=rw, col_weights=cw,
+    model.fit(CSR.from_dense(d), row_weights=rw, col_weights=cw,
               callback=lambda st: states.append(st))
     losses = [h["loss"] for h in model.history]
     assert len(states) == len(losses) == 6
@@ -243,14 +250,15 @@ def test_objective_never_increases(seed, solver):
 
 
 @pytest.mark.parametrize("k", [7, 30])  # k = 30: every row goes through the Woodbury path
-def test_fit_is_deterministic_and_last_half_sweep_is_exact(k):
+def test_fit_is_deterministic_and_last_half_sweep_is_exact(k, device):
     d = _edge_matrix(12)
-    kw = dict(factors=k, regularization=0.2, weighting=Weighting(unobserved_weight=0.1), random_state=3)
-    a = WALSModel(**kw).fit(CSR.from_dense(d), epochs=3)
-    b = WALSModel(**kw).fit(CSR.from_dense(d), epochs=3)
+    kw = dict(factors=k, regularization=0.2, objective="wals", unobserved_weight=0.1, random_state=3,
+              iterations=3, device=device)
+    a = WALSModel(**kw).fit(CSR.from_dense(d))
+    b = WALSModel(**kw).fit(CSR.from_dense(d))
     np.testing.assert_array_equal(a.user_factors, b.user_factors)
     np.testing.assert_array_equal(a.item_factors, b.item_factors)
-    c = WALSModel(**dict(kw, random_state=4)).fit(CSR.from_dense(d), epochs=3)
+    c = WALSModel(**dict(kw, random_state=4)).fit(CSR.from_dense(d))
     assert not np.array_equal(a.item_factors, c.item_factors)
     # the last half-sweep, given the same (final) user factors: the one-solve bound applies,
     # no compounding over sweeps
@@ -267,14 +275,17 @@ def test_fit_is_deterministic_and_last_half_sweep_is_exact(k):
         ({"regularization": 0.0}, "regularization"),
         ({"regularization": float("nan")}, "regularization"),
         ({"solver": "lu"}, "solver"),
-        ({"weighting": "x"}, None),
+        ({"iterations": 0}, "iterations"),
+        ({"unobserved_weight": -1.0}, "unobserved_weight"),
+        ({"alpha": float("inf")}, "alpha"),
+        ({"objective": "als"}, "objective"),
+        ({"col_weights": "inverse_linear"}, "col_weights"),  # implicit (the default) has none
+        ({"random_state": -1}, "random_state"),
+        ({"calculate_training_loss": 1}, "calculate_training_loss"),
+        ({"max_batch_floats": 0}, "max_batch_floats"),
     ],
 )
 def test_bad_hyperparameters(kwargs, match):
-    if match is None:
-        with pytest.raises(TrainerInputError):
-            WALSModel(weighting=Weighting(unobserved_weight=-1.0))
-        return
     with pytest.raises(TrainerInputError, match=match):
         WALSModel(**kwargs)
 
@@ -289,13 +300,9 @@ def test_bad_matrices():
     with pytest.raises(TrainerInputError, match="duplicate"):
         CSR.from_coo([0, 0], [1, 1], [1.0, 2.0], (2, 2))
     with pytest.raises(TrainerInputError, match="no entries"):
-        WALSModel().fit(CSR.from_dense(np.zeros((3, 3))), epochs=1)
-    with pytest.raises(TrainerInputError, match="epochs"):
-        WALSModel().fit(CSR.from_dense(np.eye(3)), epochs=0)
+        WALSModel(iterations=1).fit(CSR.from_dense(np.zeros((3, 3))))
     with pytest.raises(TrainerInputError, match="implicit"):
-        WALSModel(weighting=Weighting(objective="implicit")).fit(
-            CSR.from_dense(np.array([[1.0, -1.0]])), epochs=1
-        )
+        WALSModel(objective="implicit", iterations=1).fit(CSR.from_dense(np.array([[1.0, -1.0]])))
 
 
 def _short_row_case(w0: float, lam: float, scale: float, k: int = 16):
@@ -332,7 +339,7 @@ def _woodbury_theta_numpy(v0, d, w, w0, lam, plan, u):
         (0.0, 1.0, 1.0, {"woodbury"}),  # κ(M) up to 1.3e4: Woodbury at θ up to 0.78 × limit
     ],
 )
-def test_short_row_paths_are_exact_and_backward_stable(w0, lam, scale, float32_paths):
+def test_short_row_paths_are_exact_and_backward_stable(w0, lam, scale, float32_paths, device):
     """Rows with ≤ 3k/4 entries on the Woodbury path (where (W3) allows) and on the k×k
     Cholesky path, float64 and float32, against per-row dense float64 solves (the oracle is
     built from exactly the factors the solver gets). Bounds, u = unit roundoff (2⁻²⁴ / 2⁻⁵³):
@@ -362,10 +369,10 @@ def test_short_row_paths_are_exact_and_backward_stable(w0, lam, scale, float32_p
         u = unit_roundoff(dtype)
         for mbf in (None, 2 * k * k):  # 2k²: a batch sent to k × k by (W3) is cut into chunks
             model = WALSModel(factors=k, regularization=lam, dtype=dtype, max_batch_floats=mbf,
-                              weighting=Weighting(unobserved_weight=w0))
+                              objective="wals", unobserved_weight=w0, device=device)
             user_plan, _ = model.prepare(CSR.from_dense(d))
             assert max(b.width for b in user_plan.batches) <= 3 * k // 4
-            v = tf.constant(v0.astype(dtype))
+            v = _on(device, v0.astype(dtype))
             routes = route_batches(v, user_plan, w0, lam, woodbury=True)
             limit = wals_mod.WOODBURY_MAX_THETA
             theta = _woodbury_theta_numpy(v0, d, w, w0, lam, user_plan, u)
@@ -396,16 +403,16 @@ def test_short_row_paths_are_exact_and_backward_stable(w0, lam, scale, float32_p
 
 
 @pytest.mark.parametrize("solver", ["cholesky", "cg"])
-def test_batches_in_flight_give_identical_factors(solver):
+def test_batches_in_flight_give_identical_factors(solver, device):
     """Solving several batches concurrently (the CPU default) gives bit-for-bit the factors of
     one batch at a time, on every path (tiny batches: many of each kind)."""
     d = random_ratings(60, 40, 0.3, 11)
     rng = np.random.default_rng(12)
     k = 8
-    v0 = tf.constant(rng.standard_normal((40, k)).astype(np.float32))
-    u0 = tf.constant(rng.standard_normal((60, k)).astype(np.float32))
+    v0 = _on(device, rng.standard_normal((40, k)).astype(np.float32))
+    u0 = _on(device, rng.standard_normal((60, k)).astype(np.float32))
     model = WALSModel(factors=k, regularization=0.3, solver=solver, batch_size=3,
-                      max_batch_floats=200, weighting=Weighting(unobserved_weight=0.1))
+                      max_batch_floats=200, objective="wals", unobserved_weight=0.1, device=device)
     user_plan, _ = model.prepare(CSR.from_dense(d))
     assert len(user_plan.batches) > 10
     out = [
@@ -414,6 +421,6 @@ def test_batches_in_flight_give_identical_factors(solver):
         for n in (1, 2, 4)
     ]
     assert np.array_equal(out[0], out[1]) and np.array_equal(out[0], out[2])
-    losses = [compute_loss(tf.constant(out[0]), v0, user_plan, 0.1, 0.3, batches_in_flight=n)
+    losses = [compute_loss(_on(device, out[0]), v0, user_plan, 0.1, 0.3, batches_in_flight=n)
               for n in (1, 3)]
     assert losses[0] == losses[1]

@@ -3,12 +3,14 @@ following the contract in ``schemas/records.py`` and ``schemas/metadata.md`` (in
 the preprocessing pipeline), and NumPy reference solutions (the oracles)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import sys
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # tests run from a fresh clone without installing the package
@@ -18,6 +20,36 @@ from schemas import records  # noqa: E402
 
 USER_VOCAB = "transform_output/transform_fn/assets/users"
 ITEM_VOCAB = "transform_output/transform_fn/assets/items"
+
+
+# --------------------------------------------------------------------------- devices
+def visible_devices() -> list[str]:
+    """One device name per device type TensorFlow sees: ``["/CPU:0"]``, plus ``"/GPU:0"`` on a
+    machine with a GPU."""
+    import tensorflow as tf
+
+    kinds = dict.fromkeys(d.device_type for d in tf.config.list_logical_devices())
+    return [f"/{kind}:0" for kind in ("CPU", "GPU") if kind in kinds]
+
+
+@pytest.fixture(params=visible_devices())
+def device(request) -> str:
+    """Runs a test once per device type (import this fixture into the test module): the same
+    contract on the CPU and, where TensorFlow sees one, the GPU — as ``implicit`` runs one test
+    mixin over its CPU and GPU models."""
+    return request.param
+
+
+@contextlib.contextmanager
+def cpu_only() -> Iterator[None]:
+    """The trainer's default device is the CPU inside this block: for tests of bit-for-bit
+    equality between runs, which only the CPU promises (GPU reductions may differ in the last
+    bits)."""
+    from trainer import device as device_policy
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(device_policy, "default_device", lambda: device_policy.CPU)
+        yield
 
 
 # --------------------------------------------------------------------------- data writers

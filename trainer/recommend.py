@@ -10,8 +10,9 @@ Slots whose score is −inf (fewer than ``N`` candidates left) get id −1. A qu
 is all zeros (a row without training interactions: its least-squares factor is exactly 0, so
 every score ties at 0) gets no recommendations: all its slots are −1 / −inf.
 
-The work runs on the accelerator when there is one, a block of queries at a time (never one
-query at a time); the block size keeps ``B × ntargets`` scores under ``max_scores`` floats.
+The work runs on the device :func:`trainer.device.resolve` chooses (the accelerator when there
+is one), a block of queries at a time (never one query at a time); the block size keeps
+``B × ntargets`` scores under ``max_scores`` floats.
 
 ``batch_pred.txt`` (and ``batch_pred_users.txt``) is UTF-8 text, one line per query in dense
 ID order, fields separated by tabs: ``query<TAB>target<TAB>target...``, best first. A query
@@ -28,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from trainer import device as device_policy
 from trainer import fileio
 from trainer.errors import TrainerInputError
 from trainer.sparse import CSR
@@ -77,8 +79,6 @@ def top_k(
     """
     import tensorflow as tf
 
-    from trainer.wals import default_device
-
     if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
         raise TrainerInputError(f"N (--topk) must be an integer >= 1, got {N!r}")
     queries = np.asarray(queries)
@@ -93,7 +93,7 @@ def top_k(
     kern = _kernel(np.dtype(dt).name)
     ids_out = np.full((nq, N), -1, dtype=np.int64)
     sc_out = np.full((nq, N), -np.inf, dtype=np.float32)
-    with tf.device(device or default_device()):
+    with tf.device(device_policy.resolve(device)):
         t = tf.identity(tf.constant(targets.astype(dt)))
         for s, e in _blocks(nq, nt, batch_size, max_scores):
             if exclude is not None:

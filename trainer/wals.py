@@ -32,19 +32,11 @@ Implementation (no Python loop over rows):
   ``max_batch_floats`` gathered floats. A batch is a padded ``(B, L)`` block of column ids,
   ``W − w0`` and ``W·A`` (padding has weight 0, so it contributes nothing; ``B·L·k`` and, on
   the ``k × k`` path below, ``B·k²`` stay under ``max_batch_floats``). These blocks are
-  built once (NumPy) and kept on the device. ``max_batch_floats`` defaults to ``2^21`` on a CPU
-  (an 8 MB gathered block: larger ones are fresh ``mmap`` pages every batch, and every op's
-  threads meet less often than with tiny ones; measured on 2 cores with the 8.6 M-interaction
-  benchmark matrix at k = 64, 2^21 instead of 2^24 took the CG sweep from 16.3 to 10.2 s and
-  the Cholesky sweep from 47 to 34 s, interleaved runs on a busy machine) and ``2^24`` on a
-  GPU.
-* On a CPU two batches are solved at a time, from two Python threads (TensorFlow releases the
-  GIL while it runs a batch). The ops of one small batch cannot keep both cores busy (each op
-  splits into shards that meet at its end, and a shard whose thread the OS has parked stalls
-  the op); with a second batch in flight the idle core takes that batch's ops instead. Every
-  batch is independent, so the factors are the same. Measured at k = 64 with CG on the
-  benchmark matrix (interleaved, 2 cores, load average 5–8 from other jobs): 17.3 → 11.3 s per
-  sweep (median of 4).
+  built once (NumPy) and kept on the device. ``max_batch_floats`` defaults to the device's
+  (:func:`trainer.device.max_batch_floats`).
+* Batches are solved :func:`trainer.device.batches_in_flight` at a time (two on a CPU, from
+  two Python threads; :mod:`trainer.device` says why). Every batch is independent, so the
+  factors are the same.
 * Per batch: ``X = V[idx]`` (``B × L × k``), ``M = Xᵀ diag(W − w0) X + (w0 G + λ I)`` and
   ``b = Xᵀ (W·A)`` by batched matmul, then a batched Cholesky solve — or, with
   ``solver="cg"``, ``cg_steps`` conjugate-gradient iterations on ``M x = b`` warm-started from
@@ -110,17 +102,19 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 
+from trainer import device as device_policy
 from trainer import weights as wts
 from trainer.errors import TrainerInputError
+from trainer.hparams import DEFAULTS, DType, Objective, Confidence, ColWeights, Solver, validate
+from trainer.recommend import top_k
 from trainer.sparse import CSR
 
 log = logging.getLogger(__name__)
 
-Solver = Literal["cholesky", "cg"]
 ProgressFn = Callable[[str, int, int], None]
 
 
@@ -130,21 +124,10 @@ def _tf():
     return tf
 
 
-def default_device() -> str:
-    """``/GPU:0`` when TensorFlow sees a GPU, else ``/CPU:0``."""
-    tf = _tf()
-    return "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
+# re-exported: callers that predate trainer.device import it from here
+default_device = device_policy.default_device
 
-
-# Default max_batch_floats (see the module docstring).
-CPU_MAX_BATCH_FLOATS = 1 << 21
-GPU_MAX_BATCH_FLOATS = 1 << 24
-# Batches solved concurrently on a CPU (see the module docstring).
-CPU_BATCHES_IN_FLIGHT = 2
-
-# Below this k the k × k path is faster for short rows too (measured on 2 CPU cores with
-# benchmarks/trainer_speed.py's matrix: Woodbury/k×k time 1.6 at k=10, 1.4 at 16, 0.9 at 24,
-# 0.6 at 32, 0.45 at 48).
+# Below this k the k × k path is faster for short rows too (docs/TRAINER.md, "Speed").
 WOODBURY_MIN_K = 24
 # (W3) in the module docstring: a short-row batch takes the Woodbury path only while
 # u·(κ(B0) + max tr K) stays below this (refinement then contracts by η ≲ 0.035 per step).
@@ -469,8 +452,8 @@ def solve_half_sweep(
     module docstring holds, else the ``k × k`` Cholesky path (decided inside the batch's
     graph; :func:`route_batches` tells which). ``batches_in_flight``: how many batches are
     solved concurrently (from that many Python threads; every batch is independent, so the
-    result does not depend on it); ``None``: :data:`CPU_BATCHES_IN_FLIGHT` on a CPU, 1 on a
-    GPU.
+    result does not depend on it); ``None``: the device's
+    (:func:`trainer.device.batches_in_flight`).
     """
     tf = _tf()
     k = int(fixed.shape[1])
@@ -495,7 +478,7 @@ def solve_half_sweep(
             return kern["cg"](fixed, base, b.idx, b.extra, b.wa, tf.gather(previous, b.rows))
 
     if batches_in_flight is None:
-        batches_in_flight = 1 if "GPU" in device.upper() else CPU_BATCHES_IN_FLIGHT
+        batches_in_flight = device_policy.batches_in_flight(device)
     n = len(plan.batches)
     outs = []
     if batches_in_flight <= 1 or n <= 1:
@@ -533,7 +516,7 @@ def compute_loss(
             return kern["loss"](u64, v64, b.rows, b.idx, b.extra, b.wa)
 
     if batches_in_flight is None:
-        batches_in_flight = 1 if "GPU" in device.upper() else CPU_BATCHES_IN_FLIGHT
+        batches_in_flight = device_policy.batches_in_flight(device)
     if batches_in_flight <= 1 or len(plan.batches) <= 1:
         terms = [term(b) for b in plan.batches]
     else:
@@ -571,51 +554,106 @@ class TrainingState:
 class WALSModel:
     """Weighted matrix factorisation by alternating exact least squares.
 
-    Interface in the style of ``implicit``: :meth:`fit`, :meth:`recommend`,
-    :meth:`recommend_users`, :meth:`recalculate_user`; the factors are
-    :attr:`user_factors` / :attr:`item_factors` (NumPy, float32) after fitting.
+    Interface and vocabulary in the style of ``implicit``'s ``AlternatingLeastSquares``:
+    :meth:`fit`, :meth:`recommend`, :meth:`recommend_users`, :meth:`recalculate_user`; the
+    factors are :attr:`user_factors` / :attr:`item_factors` (NumPy, float32) after fitting.
+    The defaults are those of ``python -m trainer.task`` (:data:`trainer.hparams.DEFAULTS`).
+
+    Parameters
+    ----------
+    factors : int
+        Latent dimension ``k`` (≥ 1).
+    regularization : float
+        ``λ`` (> 0).
+    alpha : float
+        ``objective="implicit"``: confidence scale ``α`` (≥ 0) of ``W = 1 + α f(r)``.
+    iterations : int
+        Sweeps :meth:`fit` runs (≥ 1); a sweep solves every user row, then every item row.
+    objective : {"implicit", "wals"}
+        The weights and targets (:mod:`trainer.weights`).
+    unobserved_weight : float
+        ``objective="wals"``: ``w0`` (≥ 0), the weight of every unobserved cell.
+    confidence : {"linear", "log"}
+        ``objective="implicit"``: ``f(r) = r`` or ``log(1 + r/ε)``.
+    epsilon : float
+        ``ε`` (> 0) of the log confidence.
+    col_weights : {"uniform", "inverse_linear", "inverse_power"}
+        ``objective="wals"``: per-item weights ``γ_j``: 1, ``col_weight_factor / n_j`` or
+        ``n_j ** -col_weight_exp``.
+    col_weight_factor, col_weight_exp : float
+        Parameters of the two popularity weights.
+    solver : {"cholesky", "cg"}
+        Exact batched Cholesky, or ``cg_steps`` warm-started conjugate-gradient steps per
+        half-sweep.
+    cg_steps : int
+        CG steps per half-sweep (≥ 1).
+    batch_size : int
+        Rows per solve batch at most (≥ 1).
+    dtype : {"float32", "float64"}
+        Solver precision (the factors are stored as float32).
+    random_state : int
+        Seed (≥ 0) of the initial factors.
+    calculate_training_loss : bool
+        Compute the loss (module docstring) after every sweep into :attr:`history`.
+    device : str, optional
+        TensorFlow device; default :func:`trainer.device.default_device`.
+    max_batch_floats : int, optional
+        Floats one batch may gather; default :func:`trainer.device.max_batch_floats`.
+
+    Raises
+    ------
+    trainer.hparams.HyperparameterError (a TrainerInputError, a ValueError)
+        A value outside its rule (:func:`trainer.hparams.validate`).
     """
 
     def __init__(
         self,
-        factors: int = 10,
-        regularization: float = 0.1,
-        weighting: wts.Weighting | None = None,
-        solver: Solver = "cholesky",
-        cg_steps: int = 3,
-        batch_size: int = 4096,
-        max_batch_floats: int | None = None,
-        random_state: int = 0,
-        dtype: str = "float32",
+        factors: int = DEFAULTS.factors,
+        regularization: float = DEFAULTS.regularization,
+        alpha: float = DEFAULTS.alpha,
+        iterations: int = DEFAULTS.iterations,
+        objective: Objective = DEFAULTS.objective,
+        unobserved_weight: float = DEFAULTS.unobserved_weight,
+        confidence: Confidence = DEFAULTS.confidence,
+        epsilon: float = DEFAULTS.epsilon,
+        col_weights: ColWeights = DEFAULTS.col_weights,
+        col_weight_factor: float = DEFAULTS.col_weight_factor,
+        col_weight_exp: float = DEFAULTS.col_weight_exp,
+        solver: Solver = DEFAULTS.solver,
+        cg_steps: int = DEFAULTS.cg_steps,
+        batch_size: int = DEFAULTS.batch_size,
+        dtype: DType = DEFAULTS.dtype,
+        random_state: int = DEFAULTS.random_state,
+        calculate_training_loss: bool = DEFAULTS.calculate_training_loss,
         device: str | None = None,
+        max_batch_floats: int | None = None,
     ) -> None:
-        if isinstance(factors, bool) or not isinstance(factors, (int, np.integer)) or factors < 1:
-            raise TrainerInputError(f"factors (--n_embeds) must be an integer >= 1, got {factors!r}")
-        if not np.isfinite(regularization) or regularization <= 0:
-            raise TrainerInputError(
-                f"regularization must be > 0 (with λ = 0 the normal equations can be "
-                f"singular), got {regularization}"
-            )
-        if solver not in ("cholesky", "cg"):
-            raise TrainerInputError(f"solver must be 'cholesky' or 'cg', not {solver!r}")
-        if cg_steps < 1:
-            raise TrainerInputError(f"cg_steps must be >= 1, got {cg_steps}")
-        if batch_size < 1:
-            raise TrainerInputError(f"batch_size must be >= 1, got {batch_size}")
-        if dtype not in ("float32", "float64"):
-            raise TrainerInputError(f"dtype must be float32 or float64, not {dtype!r}")
+        validate(
+            factors=factors, regularization=regularization, alpha=alpha, iterations=iterations,
+            objective=objective, unobserved_weight=unobserved_weight, confidence=confidence,
+            epsilon=epsilon, col_weights=col_weights, col_weight_factor=col_weight_factor,
+            col_weight_exp=col_weight_exp, solver=solver, cg_steps=cg_steps,
+            batch_size=batch_size, dtype=dtype, random_state=random_state,
+            calculate_training_loss=calculate_training_loss, device=device,
+            max_batch_floats=max_batch_floats,
+        )
+        # W and A are defined by these (trainer.weights); an internal detail of the model
+        self.weighting = wts.Weighting(
+            objective=objective, unobserved_weight=float(unobserved_weight), alpha=float(alpha),
+            confidence=confidence, epsilon=float(epsilon), col_weights=col_weights,
+            col_weight_factor=float(col_weight_factor), col_weight_exp=float(col_weight_exp),
+        )
         self.factors = int(factors)
         self.regularization = float(regularization)
-        self.weighting = weighting if weighting is not None else wts.Weighting()
+        self.iterations = int(iterations)
         self.solver: Solver = solver
         self.cg_steps = int(cg_steps)
         self.batch_size = int(batch_size)
-        if max_batch_floats is not None and max_batch_floats < 1:
-            raise TrainerInputError(f"max_batch_floats must be >= 1, got {max_batch_floats}")
-        self._max_batch_floats = None if max_batch_floats is None else int(max_batch_floats)
-        self.random_state = int(random_state)
         self.dtype = dtype
+        self.random_state = int(random_state)
+        self.calculate_training_loss = calculate_training_loss
         self.device = device
+        self._max_batch_floats = None if max_batch_floats is None else int(max_batch_floats)
         self.user_factors: np.ndarray | None = None
         self.item_factors: np.ndarray | None = None
         self.row_weights: np.ndarray | None = None
@@ -626,26 +664,30 @@ class WALSModel:
     # ------------------------------------------------------------------ helpers
     @property
     def max_batch_floats(self) -> int:
-        """The batch cap: as given, else 2^21 on a CPU and 2^24 on a GPU (module docstring)."""
+        """The batch cap: as given, else the device's (:func:`trainer.device.max_batch_floats`)."""
         if self._max_batch_floats is not None:
             return self._max_batch_floats
-        return GPU_MAX_BATCH_FLOATS if "GPU" in self._device().upper() else CPU_MAX_BATCH_FLOATS
+        return device_policy.max_batch_floats(self._device(), np.dtype(self.dtype).itemsize)
 
     def hyperparameters(self) -> dict:
+        """The hyperparameters that determine the factors, by their keyword names (with the
+        batch cap in effect); what a checkpoint's fingerprint and ``training_summary.json``
+        record."""
         return {
-            "n_embeds": self.factors,
+            "factors": self.factors,
             "regularization": self.regularization,
+            "iterations": self.iterations,
+            **self.weighting.to_dict(),
             "solver": self.solver,
             "cg_steps": self.cg_steps,
             "batch_size": self.batch_size,
             "max_batch_floats": self.max_batch_floats,
-            "seed": self.random_state,
             "dtype": self.dtype,
-            **self.weighting.to_dict(),
+            "random_state": self.random_state,
         }
 
     def _device(self) -> str:
-        return self.device or default_device()
+        return device_policy.resolve(self.device)
 
     def initial_factors(self, nusers: int, nitems: int) -> tuple[np.ndarray, np.ndarray]:
         """Seeded N(0, 0.1²/k) initial factors (``V`` is what the first row half-sweep uses;
@@ -678,19 +720,8 @@ class WALSModel:
     ) -> tuple[SweepPlan, SweepPlan]:
         """Validates the matrices and weights and builds both sweep plans."""
         tf = _tf()
-        if not isinstance(user_items, CSR):
-            raise TrainerInputError("user_items must be a trainer.sparse.CSR")
+        item_users = _check_matrices(user_items, item_users)
         nusers, nitems = user_items.shape
-        if nusers < 1 or nitems < 1:
-            raise TrainerInputError(f"empty matrix shape {user_items.shape}")
-        if user_items.nnz == 0:
-            raise TrainerInputError("the rating matrix has no entries")
-        if not np.all(np.isfinite(user_items.values)):
-            raise TrainerInputError("NaN/inf ratings refused")
-        if item_users is None:
-            item_users = user_items.transpose()
-        elif not item_users.same_entries_as_transpose_of(user_items):
-            raise TrainerInputError("item_users is not the transpose of user_items")
         if row_weights is None:
             row_weights = np.ones(nusers)
         if col_weights is None:
@@ -701,10 +732,9 @@ class WALSModel:
             raise TrainerInputError("row_weights/col_weights must have nusers/nitems entries")
         self.row_weights, self.col_weights = row_weights, col_weights
         (w_ui, a_ui), (w_iu, a_iu) = self.entry_weights(user_items, item_users)
-        dt = tf.as_dtype(self.dtype)
         w0 = self.weighting.w0
-        dev = self._device()
-        args = (self.factors, self.batch_size, self.max_batch_floats, dt, dev)
+        args = (self.factors, self.batch_size, self.max_batch_floats, tf.as_dtype(self.dtype),
+                self._device())
         user_plan = build_plan(user_items, w_ui, a_ui, w0, *args)
         item_plan = build_plan(item_users, w_iu, a_iu, w0, *args)
         self.user_items = user_items
@@ -714,70 +744,100 @@ class WALSModel:
     def fit(
         self,
         user_items: CSR,
-        item_users: CSR | None = None,
-        epochs: int = 10,
         *,
+        item_users: CSR | None = None,
         row_weights: np.ndarray | None = None,
         col_weights: np.ndarray | None = None,
         state: TrainingState | None = None,
         callback: Callable[[TrainingState], bool | None] | None = None,
         progress: ProgressFn | None = None,
     ) -> "WALSModel":
-        """Runs sweeps ``state.sweeps_done + 1 .. epochs`` (all of them without ``state``).
+        """Runs sweeps ``state.sweeps_done + 1 .. iterations`` (all of them without ``state``).
 
-        After each sweep the loss/RWSE are computed and ``callback(state)`` is called (it may
-        checkpoint, log, or raise); when it returns ``True`` no further sweep runs (early
-        stopping) and the model keeps the factors of the sweep just finished. The run is
-        deterministic on CPU for a fixed ``random_state``, so resuming from a saved state gives
-        the same factors.
+        Parameters
+        ----------
+        user_items : CSR
+            The ``nusers × nitems`` ratings.
+        item_users : CSR, optional
+            Its transpose, when the caller has it already (else computed).
+        row_weights, col_weights : ndarray, optional
+            ``ρ_i`` (default 1) and ``γ_j`` (default from ``col_weights``), ``objective="wals"``.
+        state : TrainingState, optional
+            Where to continue (a checkpoint); default: seeded initial factors.
+        callback : callable, optional
+            Called with the :class:`TrainingState` after each sweep (it may checkpoint, log
+            or raise); when it returns ``True`` no further sweep runs (early stopping) and
+            the model keeps the factors of the sweep just finished.
+        progress : callable, optional
+            ``progress(stage, batches_done, batches)`` during each half-sweep.
+
+        Returns
+        -------
+        WALSModel
+            ``self``, with :attr:`user_factors`, :attr:`item_factors` and :attr:`history`
+            (per sweep: ``sweep``, ``seconds``, and with ``calculate_training_loss`` ``loss``,
+            ``unregularized_loss``, ``rwse``, ``sum_weights``). The run is deterministic on
+            CPU for a fixed ``random_state``, so resuming from a saved state gives the same
+            factors.
         """
         tf = _tf()
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-            raise TrainerInputError(f"epochs (--num_epochs) must be an integer >= 1, got {epochs!r}")
         user_plan, item_plan = self.prepare(user_items, item_users, row_weights, col_weights)
-        nusers, nitems = user_items.shape
-        if state is None:
-            u0, v0 = self.initial_factors(nusers, nitems)
-            state = TrainingState(0, u0, v0, [])
-        if state.user_factors.shape != (nusers, self.factors) or state.item_factors.shape != (
-            nitems,
-            self.factors,
-        ):
-            raise TrainerInputError("resumed factors do not match the data shape / n_embeds")
-        w0, lam = self.weighting.w0, self.regularization
-        dev = self._device()
-        with tf.device(dev):
+        state = self._start(state, *user_items.shape)
+        with tf.device(self._device()):
             u = tf.identity(tf.constant(state.user_factors.astype(self.dtype)))
             v = tf.identity(tf.constant(state.item_factors.astype(self.dtype)))
-            history = list(state.history)
-            for sweep in range(state.sweeps_done + 1, epochs + 1):
+            for sweep in range(state.sweeps_done + 1, self.iterations + 1):
                 t0 = time.perf_counter()
-                u = solve_half_sweep(
-                    v, user_plan, w0, lam, self.solver, self.cg_steps,
-                    previous=u, progress=progress, stage=f"sweep {sweep}/{epochs} users",
-                )
-                v = solve_half_sweep(
-                    u, item_plan, w0, lam, self.solver, self.cg_steps,
-                    previous=v, progress=progress, stage=f"sweep {sweep}/{epochs} items",
-                )
+                u, v = self._sweep(u, v, user_plan, item_plan, f"sweep {sweep}/{self.iterations}", progress)
                 _ = v.numpy()  # wait for the device before taking the time
-                seconds = time.perf_counter() - t0
-                metrics = compute_loss(u, v, user_plan, w0, lam)
-                if not np.isfinite(metrics["loss"]):
-                    raise FloatingPointError(f"loss became {metrics['loss']} at sweep {sweep}")
-                history.append({"sweep": sweep, "seconds": seconds, **metrics})
-                state = TrainingState(sweep, u.numpy(), v.numpy(), list(history))
-                self.user_factors, self.item_factors, self.history = (
-                    state.user_factors,
-                    state.item_factors,
-                    state.history,
-                )
+                state = self._record(state, u, v, user_plan, time.perf_counter() - t0)
                 if callback is not None and callback(state):
                     break
         self.user_factors = state.user_factors.astype(np.float32)
         self.item_factors = state.item_factors.astype(np.float32)
         self.history = list(state.history)
         return self
+
+    def _start(self, state: TrainingState | None, nusers: int, nitems: int) -> TrainingState:
+        """``state``, checked against the data's shape, or the seeded start."""
+        if state is None:
+            return TrainingState(0, *self.initial_factors(nusers, nitems), [])
+        if (state.user_factors.shape != (nusers, self.factors)
+                or state.item_factors.shape != (nitems, self.factors)):
+            raise TrainerInputError("resumed factors do not match the data shape / factors")
+        return state
+
+    def _sweep(
+        self, u: Any, v: Any, user_plan: SweepPlan, item_plan: SweepPlan, stage: str,
+        progress: ProgressFn | None,
+    ) -> tuple[Any, Any]:
+        """One sweep: the user rows given ``v``, then the item rows given the new ``u``."""
+        w0, lam = self.weighting.w0, self.regularization
+        u = solve_half_sweep(v, user_plan, w0, lam, self.solver, self.cg_steps,
+                             previous=u, progress=progress, stage=f"{stage} users")
+        v = solve_half_sweep(u, item_plan, w0, lam, self.solver, self.cg_steps,
+                             previous=v, progress=progress, stage=f"{stage} items")
+        return u, v
+
+    def _record(
+        self, before: TrainingState, u: Any, v: Any, user_plan: SweepPlan, seconds: float
+    ) -> TrainingState:
+        """The state after the sweep that followed ``before`` (its loss when asked for), also
+        kept on the model so that a callback sees it."""
+        sweep = before.sweeps_done + 1
+        entry: dict[str, Any] = {"sweep": sweep, "seconds": seconds}
+        if self.calculate_training_loss:
+            entry.update(compute_loss(u, v, user_plan, self.weighting.w0, self.regularization))
+            if not np.isfinite(entry["loss"]):
+                raise FloatingPointError(f"loss became {entry['loss']} at sweep {sweep}")
+        state = TrainingState(sweep, u.numpy(), v.numpy(), [*before.history, entry])
+        if not self.calculate_training_loss and not (
+            np.all(np.isfinite(state.user_factors)) and np.all(np.isfinite(state.item_factors))
+        ):
+            raise FloatingPointError(f"the factors became NaN/inf at sweep {sweep}")
+        self.user_factors, self.item_factors = state.user_factors, state.item_factors
+        self.history = state.history
+        return state
 
     def loss(self, user_items: CSR | None = None) -> dict:
         """Objective of the current factors on ``user_items`` (default: the training matrix)."""
@@ -814,8 +874,6 @@ class WALSModel:
         recommend hold id −1 and score −inf (a user with an all-zero factor — no training
         interactions — gets none).
         """
-        from trainer.recommend import top_k
-
         self._check_fitted()
         scalar = np.isscalar(userids)
         ids = np.atleast_1d(np.asarray(userids, dtype=np.int64))
@@ -842,8 +900,6 @@ class WALSModel:
         batch_size: int = 1024,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``N`` users for each item (targeting); the mirror image of :meth:`recommend`."""
-        from trainer.recommend import top_k
-
         self._check_fitted()
         scalar = np.isscalar(itemids)
         ids = np.atleast_1d(np.asarray(itemids, dtype=np.int64))
@@ -959,6 +1015,24 @@ class WALSModel:
                 f"fit in float32; pass rating_cap= to clip ratings to the training range"
             )
         return out
+
+
+def _check_matrices(user_items: CSR, item_users: CSR | None) -> CSR:
+    """Refuses an empty, all-zero or non-finite rating matrix, or an ``item_users`` that is not
+    its transpose; returns ``item_users`` (computed when ``None``)."""
+    if not isinstance(user_items, CSR):
+        raise TrainerInputError("user_items must be a trainer.sparse.CSR")
+    if user_items.shape[0] < 1 or user_items.shape[1] < 1:
+        raise TrainerInputError(f"empty matrix shape {user_items.shape}")
+    if user_items.nnz == 0:
+        raise TrainerInputError("the rating matrix has no entries")
+    if not np.all(np.isfinite(user_items.values)):
+        raise TrainerInputError("NaN/inf ratings refused")
+    if item_users is None:
+        return user_items.transpose()
+    if not item_users.same_entries_as_transpose_of(user_items):
+        raise TrainerInputError("item_users is not the transpose of user_items")
+    return item_users
 
 
 def _merge_ratings(

@@ -10,7 +10,7 @@ with one weight ``w0`` for every unobserved cell (where the target is 0) and a p
 and target on the observed cells ``(i, j) ∈ Ω``. This module computes ``w0`` and, for the
 observed entries, ``W_ij`` and ``A_ij``:
 
-``objective="wals"`` (the :class:`Weighting` default; the objective TF1's ``WALSModel`` documented)
+``objective="wals"`` (the objective TF1's ``WALSModel`` documented)
     ``A_ij = r_ij`` (the rating), ``W_ij = w0 + ρ_i γ_j`` on Ω, ``W_ij = w0`` elsewhere, with
     ``w0 = unobserved_weight``, row weights ``ρ_i`` (1 here) and column weights ``γ_j``:
 
@@ -24,7 +24,7 @@ observed entries, ``W_ij`` and ``A_ij``:
     130 and 0.08 are its defaults).
 
 ``objective="implicit"`` (Hu, Koren & Volinsky 2008; ``implicit``, Spark ALS, BigQuery ML;
-the ``python -m trainer.task`` default)
+the default of :class:`trainer.wals.WALSModel` and ``python -m trainer.task``)
     preference ``A_ij = 1 if r_ij > 0 else 0``, confidence ``W_ij = 1 + α r_ij``
     (``confidence="linear"``) or ``W_ij = 1 + α log(1 + r_ij / ε)`` (``confidence="log"``) on Ω
     and ``W_ij = w0 = 1`` elsewhere (``unobserved_weight`` does not apply).
@@ -45,52 +45,31 @@ The solver needs ``W_ij ≥ w0`` on Ω (so each normal-equation matrix is positi
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import numpy as np
 
 from trainer.errors import TrainerInputError
+from trainer.hparams import DEFAULTS, ColWeights, Confidence, Objective, validate
 from trainer.sparse import CSR
-
-Objective = Literal["wals", "implicit"]
-Confidence = Literal["linear", "log"]
-ColWeights = Literal["uniform", "inverse_linear", "inverse_power"]
 
 
 @dataclass(frozen=True)
 class Weighting:
-    """Hyperparameters that define ``W`` and ``A`` (see the module docstring)."""
+    """Hyperparameters that define ``W`` and ``A`` (see the module docstring): the part of
+    :class:`trainer.wals.WALSModel`'s keywords it builds this from, with the same defaults
+    and rules (:mod:`trainer.hparams`)."""
 
-    objective: Objective = "wals"
-    unobserved_weight: float = 0.1
-    alpha: float = 1.0
-    confidence: Confidence = "linear"
-    epsilon: float = 1.0
-    col_weights: ColWeights = "uniform"
-    col_weight_factor: float = 130.0
-    col_weight_exp: float = 0.08
+    objective: Objective = DEFAULTS.objective
+    unobserved_weight: float = DEFAULTS.unobserved_weight
+    alpha: float = DEFAULTS.alpha
+    confidence: Confidence = DEFAULTS.confidence
+    epsilon: float = DEFAULTS.epsilon
+    col_weights: ColWeights = DEFAULTS.col_weights
+    col_weight_factor: float = DEFAULTS.col_weight_factor
+    col_weight_exp: float = DEFAULTS.col_weight_exp
 
     def __post_init__(self) -> None:
-        if self.objective not in ("wals", "implicit"):
-            raise TrainerInputError(f"objective must be 'wals' or 'implicit', not {self.objective!r}")
-        if self.confidence not in ("linear", "log"):
-            raise TrainerInputError(f"confidence must be 'linear' or 'log', not {self.confidence!r}")
-        if self.col_weights not in ("uniform", "inverse_linear", "inverse_power"):
-            raise TrainerInputError(f"unknown col_weights {self.col_weights!r}")
-        for name in ("unobserved_weight", "alpha", "epsilon", "col_weight_factor", "col_weight_exp"):
-            v = getattr(self, name)
-            if not np.isfinite(v):
-                raise TrainerInputError(f"{name} must be finite, got {v}")
-        if self.unobserved_weight < 0:
-            raise TrainerInputError(f"unobserved_weight must be >= 0, got {self.unobserved_weight}")
-        if self.alpha < 0:
-            raise TrainerInputError(f"alpha must be >= 0, got {self.alpha}")
-        if self.epsilon <= 0:
-            raise TrainerInputError(f"epsilon must be > 0, got {self.epsilon}")
-        if self.col_weight_factor < 0:
-            raise TrainerInputError(f"col_weight_factor must be >= 0, got {self.col_weight_factor}")
-        if self.objective == "implicit" and self.col_weights != "uniform":
-            raise TrainerInputError("col_weights only applies to objective='wals'")
+        validate(**asdict(self))
 
     @property
     def w0(self) -> float:
