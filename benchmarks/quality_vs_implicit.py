@@ -50,7 +50,7 @@ The two models (the same objective: Hu, Koren & Volinsky)
 ``L = Σ_ij C_ij (P_ij − u_i·v_j)² + λ(‖U‖² + ‖V‖²)`` with ``P = 1, C = 1 + α r`` on observed
 cells and ``P = 0, C = 1`` elsewhere.
 
-* Ours: :class:`trainer.wals.WALSModel`, ``Weighting(objective="implicit", alpha=α)``,
+* Ours: :class:`trainer.wals.WALSModel`, ``WALSModel(objective="implicit", alpha=α)``,
   exact batched Cholesky solves, float32.
 * ``implicit`` 0.7.3: ``implicit.cpu.als.AlternatingLeastSquares`` (float32, its default
   conjugate gradient, 3 steps per row, ``random_state`` set). Its convention, read from its
@@ -258,23 +258,19 @@ def train_ours(
 ) -> tuple[list, float]:
     """:class:`trainer.wals.WALSModel` for ``sweeps`` sweeps, ``on_sweep(s, U, V)`` after each;
     returns the per-sweep results and the training seconds (evaluation excluded)."""
-    from trainer import weights as wts
     from trainer.wals import WALSModel
 
     if cfg["objective"] == "implicit":
-        weighting = wts.Weighting(
-            objective="implicit", alpha=cfg["alpha"], confidence=cfg.get("confidence", "linear")
-        )
+        weights = dict(objective="implicit", alpha=cfg["alpha"], confidence=cfg.get("confidence", "linear"))
     else:
-        weighting = wts.Weighting(
-            objective="wals", unobserved_weight=cfg["w0"], col_weights=cfg.get("col_weights", "uniform")
-        )
+        weights = dict(objective="wals", unobserved_weight=cfg["w0"],
+                       col_weights=cfg.get("col_weights", "uniform"))
     model = WALSModel(
-        factors=cfg["k"], regularization=cfg["lambda"], weighting=weighting, random_state=seed
+        factors=cfg["k"], regularization=cfg["lambda"], iterations=sweeps, random_state=seed, **weights
     )
     curve: list = []
     model.fit(
-        train, epochs=sweeps,
+        train,
         callback=lambda st: curve.append(on_sweep(st.sweeps_done, st.user_factors, st.item_factors)),
     )
     return curve, float(sum(h["seconds"] for h in model.history))

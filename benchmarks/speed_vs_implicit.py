@@ -15,7 +15,7 @@ The same objective on both sides (Hu, Koren & Volinsky)
     L(U, V) = Σ_{i,j} W_ij (A_ij − u_i·v_j)² + λ (‖U‖² + ‖V‖²)
     W_ij = 1 + α r_ij,  A_ij = 1   on observed cells;     W_ij = 1,  A_ij = 0   elsewhere
 
-Ours: ``WALSModel(weighting=Weighting(objective="implicit", alpha=α, confidence="linear"))``
+Ours: ``WALSModel(objective="implicit", alpha=α, confidence="linear")``
 on the ratings. ``implicit`` uses the stored value ``c`` of a cell as the weight itself (its
 solvers add ``(c − 1) y yᵀ`` to ``YᵀY + λI`` and ``c y`` to the right-hand side), so it gets
 the same matrix with values ``1 + α r`` and ``alpha=1``. Both regularize with plain ``λ I``.
@@ -193,13 +193,12 @@ def _matrix(path: str) -> CSR:
 def run_ours(spec: dict) -> dict:
     """One ``WALSModel.fit`` of ``1 + repeats`` sweeps; per-sweep seconds from its history."""
     from trainer.wals import WALSModel, default_device
-    from trainer.weights import Weighting
 
     m = _matrix(spec["matrix"])
     model = WALSModel(
-        factors=spec["k"], regularization=spec["regularization"],
-        weighting=Weighting(objective="implicit", alpha=spec["alpha"], confidence="linear"),
-        solver=spec["solver"], cg_steps=3, random_state=0,
+        factors=spec["k"], regularization=spec["regularization"], objective="implicit",
+        alpha=spec["alpha"], confidence="linear", solver=spec["solver"], cg_steps=3, random_state=0,
+        iterations=1 + spec["repeats"], calculate_training_loss=True,
     )
     mem = _Memory()
     marks: list[float] = []
@@ -211,7 +210,7 @@ def run_ours(spec: dict) -> dict:
         marks.append(time.perf_counter())
         cpu.append(time.process_time())
 
-    model.fit(m, epochs=1 + spec["repeats"], callback=on_sweep)
+    model.fit(m, callback=on_sweep)
     wall = time.perf_counter() - t0
     sweeps = [float(h["seconds"]) for h in model.history]
     return {
@@ -278,18 +277,16 @@ def run_check(spec: dict) -> dict:
     from implicit.cpu.als import AlternatingLeastSquares
 
     from trainer.wals import WALSModel
-    from trainer.weights import Weighting
 
     m = _matrix(spec["matrix"])
     out = {}
     for solver in ("cg", "cholesky"):
         ours = WALSModel(
-            factors=spec["k"], regularization=spec["regularization"],
-            weighting=Weighting(objective="implicit", alpha=spec["alpha"]),
-            solver=solver, random_state=0,
+            factors=spec["k"], regularization=spec["regularization"], objective="implicit",
+            alpha=spec["alpha"], solver=solver, random_state=0, iterations=1,
         )
         u0, v0 = ours.initial_factors(*m.shape)
-        ours.fit(m, epochs=1)
+        ours.fit(m)
         theirs = AlternatingLeastSquares(
             factors=spec["k"], regularization=spec["regularization"], alpha=1.0,
             dtype=np.float32, use_cg=solver == "cg", iterations=1, num_threads=spec["threads"],

@@ -47,7 +47,6 @@ def main() -> None:
     import tensorflow as tf
 
     from trainer.wals import WALSModel, compute_loss, default_device, solve_half_sweep
-    from trainer.weights import Weighting
 
     host = machine()  # before the sweeps: its load average is the one they started under
     t = time.perf_counter()
@@ -73,7 +72,7 @@ def main() -> None:
     for solver in args.solvers:
         for k in args.k:
             model = WALSModel(
-                factors=k, regularization=0.1, weighting=Weighting(unobserved_weight=0.1),
+                factors=k, regularization=0.1, objective="wals", unobserved_weight=0.1,
                 solver=solver, cg_steps=args.cg_steps, batch_size=args.batch_size,
             )
             t = time.perf_counter()
