@@ -84,7 +84,9 @@ def encode_example(key: int, parts: Iterable[tuple]) -> bytes:
     feature[features.KEY].int64_list.value.append(key)
     feature[features.INDICES].int64_list.value.extend(indices.tolist())
     feature[features.VALUES].float_list.value.extend(values.tolist())
-    return example.SerializeToString()
+    # deterministic: the features map is written in key order, so the same data gives the same
+    # bytes in every process (protobuf's default map order is per-process).
+    return example.SerializeToString(deterministic=True)
 
 
 class WriteGroupedRecords(beam.PTransform):
