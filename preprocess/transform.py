@@ -21,10 +21,12 @@ import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import schema_utils
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
+from schemas import contract
+
 VISITOR_ID, CONTENT_ID, RATING, HELD_OUT = "visitorId", "contentId", "rating", "heldOut"
 USER_ID, ITEM_ID = "userId", "itemId"
 UNKNOWN_ID = -1  # what compute_and_apply_vocabulary returns for a value not in the vocabulary
-USER_VOCABULARY, ITEM_VOCABULARY = "users", "items"
+USER_VOCABULARY, ITEM_VOCABULARY = contract.USER_VOCABULARY_NAME, contract.ITEM_VOCABULARY_NAME
 
 RAW_FEATURE_SPEC = {
     VISITOR_ID: tf.io.FixedLenFeature([], tf.string),
