@@ -2,38 +2,17 @@
 against a pandas re-implementation of the documented rule on the real GA export."""
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from preprocess.split import held_out_flags, uniform_hash
 from tests import oracles
 from tests.pipelines import SHARED_CSV, require_shared, run_preprocess, shared_csv_hits
+from tests.split_reference import reference_draw, reference_split
 
 FRACTION, SEED = 0.3, 7
-
-
-def reference_draw(seed: int, visitor: str, item: str) -> float:
-    """The documented hash, written out again: BLAKE2b-64 of 'seed␟visitor␟item' over 2^64."""
-    digest = hashlib.blake2b(f"{seed}\x1f{visitor}\x1f{item}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
-
-
-def reference_split(interactions: pd.DataFrame, fraction: float, seed: int) -> pd.Series:
-    """Held-out flag per row, by the rule in preprocess/split.py's docstring, with pandas."""
-    draws = pd.Series(
-        [reference_draw(seed, v, i) for v, i in zip(interactions["visitorId"], interactions["contentId"])],
-        index=interactions.index,
-    )
-    held = draws < fraction
-    size = interactions.groupby("visitorId")["contentId"].transform("size")
-    held &= size >= 2
-    all_held = held.groupby(interactions["visitorId"]).transform("all")
-    keep = all_held & (draws == draws.groupby(interactions["visitorId"]).transform("max"))
-    return held & ~keep
 
 
 def test_single_interaction_users_stay_in_training():
