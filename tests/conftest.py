@@ -12,8 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # that the trainers the tests start in subprocesses can share the device.
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
-# REPO is re-exported for tests/test_contract.py (it imports it from here; its owner may move it)
-from tests.pipelines import REPO, SHARED_CSV, require_shared, run_preprocess  # noqa: E402,F401
+from tests.pipelines import SHARED_CSV, require_shared, run_preprocess  # noqa: E402
 
 
 @pytest.fixture(scope="session")
