@@ -192,7 +192,8 @@ def _matrix(path: str) -> CSR:
 
 def run_ours(spec: dict) -> dict:
     """One ``WALSModel.fit`` of ``1 + repeats`` sweeps; per-sweep seconds from its history."""
-    from trainer.wals import WALSModel, default_device
+    from trainer.device import default_device
+    from trainer.wals import WALSModel
 
     m = _matrix(spec["matrix"])
     model = WALSModel(

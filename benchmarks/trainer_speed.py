@@ -46,7 +46,8 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from trainer.wals import WALSModel, compute_loss, default_device, solve_half_sweep
+    from trainer.device import default_device
+    from trainer.wals import WALSModel, compute_loss, solve_half_sweep
 
     host = machine()  # before the sweeps: its load average is the one they started under
     t = time.perf_counter()

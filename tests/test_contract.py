@@ -14,7 +14,7 @@ import pytest
 
 from schemas import contract
 from schemas.contract import MetadataKey as K
-from tests.conftest import run_preprocess
+from tests.pipelines import run_preprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

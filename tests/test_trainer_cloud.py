@@ -25,13 +25,9 @@ import zipfile
 import pytest
 import yaml
 
-import pathlib as _pathlib
-import sys as _sys
 
-# trainer_fixtures sits beside this file (importable with or without tests/__init__.py)
-_sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
 
-from trainer_fixtures import REPO, random_ratings, write_dataset
+from tests.trainer_fixtures import REPO, random_ratings, write_dataset
 
 from tests.processes import run_in_group
 from trainer import task

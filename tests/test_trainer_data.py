@@ -7,13 +7,9 @@ import pathlib
 import numpy as np
 import pytest
 
-import pathlib as _pathlib
-import sys as _sys
 
-# trainer_fixtures sits beside this file (importable with or without tests/__init__.py)
-_sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
 
-from trainer_fixtures import random_ratings, write_dataset, write_records
+from tests.trainer_fixtures import random_ratings, write_dataset, write_records
 
 from schemas import records
 from trainer.data import load_training_data, read_shards

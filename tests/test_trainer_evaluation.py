@@ -12,10 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-# trainer_fixtures sits beside this file (importable with or without tests/__init__.py)
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from trainer_fixtures import cpu_only, dense_rows, random_ratings, write_dataset, write_records
+from tests.trainer_fixtures import cpu_only, dense_rows, random_ratings, write_dataset, write_records
 
 from schemas import records
 from trainer import task

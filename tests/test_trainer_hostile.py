@@ -16,14 +16,12 @@ import time
 import numpy as np
 import pytest
 
-# trainer_fixtures sits beside this file (importable with or without tests/__init__.py)
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from trainer_fixtures import (  # noqa: E402
+from tests.trainer_fixtures import (  # noqa: E402
     REPO, numpy_fold_in, numpy_topk, random_ratings, write_dataset, write_test_split,
 )
 
-from tolerances import (  # noqa: E402
+from tests.tolerances import (  # noqa: E402
     assert_rows_within, assert_topk_consistent, dot_tolerance, solve_tolerance,
 )
 from trainer import task  # noqa: E402

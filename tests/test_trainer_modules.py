@@ -14,10 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-# trainer_fixtures sits beside this file (importable with or without tests/__init__.py)
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from trainer_fixtures import REPO, device  # noqa: E402,F401 - device: the per-device fixture
+from tests.trainer_fixtures import REPO, device  # noqa: E402,F401 - device: the per-device fixture
 
 from trainer import device as device_policy  # noqa: E402
 from trainer import flags, hparams  # noqa: E402

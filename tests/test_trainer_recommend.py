@@ -4,19 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import pathlib as _pathlib
-import sys as _sys
 
-# trainer_fixtures sits beside this file (importable with or without tests/__init__.py)
-_sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
 
-from tolerances import (
+from tests.tolerances import (
     assert_rows_within,
     assert_topk_consistent,
     dot_tolerance,
     solve_tolerance,
 )
-from trainer_fixtures import device, numpy_solve_rows, numpy_topk, random_ratings  # noqa: F401
+from tests.trainer_fixtures import device, numpy_solve_rows, numpy_topk, random_ratings  # noqa: F401
 
 from trainer.errors import TrainerInputError
 from trainer.recommend import read_batch_predictions, top_k, write_batch_predictions

@@ -13,13 +13,9 @@ import time
 import numpy as np
 import pytest
 
-import pathlib as _pathlib
-import sys as _sys
 
-# trainer_fixtures sits beside this file (importable with or without tests/__init__.py)
-_sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
 
-from trainer_fixtures import (
+from tests.trainer_fixtures import (
     REPO, cpu_only, dense_weights, numpy_solve_rows, numpy_topk, random_ratings, write_dataset,
 )
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import pathlib as _pathlib
-import sys as _sys
 
-# trainer_fixtures sits beside this file (importable with or without tests/__init__.py)
-_sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
 
-from trainer_fixtures import (  # noqa: F401 - device: the per-device fixture
+from tests.trainer_fixtures import (  # noqa: F401 - device: the per-device fixture
     dense_weights,
     device,
     numpy_objective,
@@ -18,7 +14,7 @@ from trainer_fixtures import (  # noqa: F401 - device: the per-device fixture
     random_ratings,
 )
 
-from tolerances import (
+from tests.tolerances import (
     assert_rows_within,
     cg_half_sweep_excess,
     half_sweep_excess,

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # tests run from a fresh clone without installing the package
-    sys.path.insert(0, str(REPO))
 
 from schemas import records  # noqa: E402
 

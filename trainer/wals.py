@@ -124,9 +124,6 @@ def _tf():
     return tf
 
 
-# re-exported: callers that predate trainer.device import it from here
-default_device = device_policy.default_device
-
 # Below this k the k × k path is faster for short rows too (docs/TRAINER.md, "Speed").
 WOODBURY_MIN_K = 24
 # (W3) in the module docstring: a short-row batch takes the Woodbury path only while
