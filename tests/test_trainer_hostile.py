@@ -25,6 +25,7 @@ from tests.tolerances import (  # noqa: E402
     assert_rows_within, assert_topk_consistent, dot_tolerance, solve_tolerance,
 )
 from trainer import task  # noqa: E402
+from trainer.export import latest_export  # noqa: E402
 
 NUSERS, NITEMS, K, LAM = 14, 9, 3, 0.5
 FAST = ["--num_epochs", "2", "--n_embeds", str(K), "--regularization", str(LAM), "--batch_size", "8",
@@ -291,9 +292,10 @@ def test_fold_in_extreme_ratings_equal_float64_closed_form(exported, objective, 
     import tensorflow as tf
 
     out = exported[0 if objective == "implicit" else 1]
-    m = tf.saved_model.load(str(out / "export"))
-    r = m.signatures["fold_in"](content_ids=tf.constant([ITEMS[j] for j, _ in given]),
-                                ratings=tf.constant([x for _, x in given], tf.float32), k=tf.constant(9))
+    m = tf.saved_model.load(latest_export(str(out)))
+    r = m.signatures["fold_in"](content_ids=tf.constant([[ITEMS[j] for j, _ in given]]),
+                                ratings=tf.constant([[x for _, x in given]], tf.float32), k=tf.constant([9]))
+    r = {key: val[0] for key, val in r.items()}  # the one instance
     v = np.load(out / "col_factors.npy")
     # the oracle gets exactly the model's input: the float32 ratings, summed in float64, clipped
     exact = [(j, min(sum(float(np.float32(x)) for i, x in given if i == j), CAP)) for j, _ in merged]
@@ -310,10 +312,10 @@ def test_fold_in_extreme_ratings_equal_float64_closed_form(exported, objective, 
 def test_fold_in_refuses_negative_and_non_finite_ratings(exported, objective, bad, match):
     import tensorflow as tf
 
-    m = tf.saved_model.load(str(exported[0 if objective == "implicit" else 1] / "export"))
+    m = tf.saved_model.load(latest_export(str(exported[0 if objective == "implicit" else 1])))
     with pytest.raises(tf.errors.InvalidArgumentError, match=match):
-        m.signatures["fold_in"](content_ids=tf.constant([ITEMS[0], ITEMS[1]]),
-                                ratings=tf.constant([0.5, bad], tf.float32), k=tf.constant(3))
+        m.signatures["fold_in"](content_ids=tf.constant([[ITEMS[0], ITEMS[1]]]),
+                                ratings=tf.constant([[0.5, bad]], tf.float32), k=tf.constant([3]))
 
 
 def test_fold_in_cap_without_a_rating_block_is_the_largest_training_rating(tmp_path):
@@ -325,8 +327,9 @@ def test_fold_in_cap_without_a_rating_block_is_the_largest_training_rating(tmp_p
     assert _main(["--input_path", str(root), "--output_dir", str(out), "--no_batch_pred", *FAST]) == 0
     # no arithmetic: the largest stored (float32) rating, and JSON round-trips a double exactly
     assert json.loads((out / "training_summary.json").read_text())["data"]["rating_cap"] == d.max()
-    m = tf.saved_model.load(str(out / "export"))
-    r = m.signatures["fold_in"](content_ids=tf.constant([ITEMS[2]]), ratings=tf.constant([1e8]), k=tf.constant(3))
+    m = tf.saved_model.load(latest_export(str(out)))
+    r = m.signatures["fold_in"](content_ids=tf.constant([[ITEMS[2]]]), ratings=tf.constant([[1e8]]), k=tf.constant([3]))
+    r = {key: val[0] for key, val in r.items()}  # the one instance
     _check_fold_in(r, np.load(out / "col_factors.npy"), {2}, [(2, float(np.float32(d.max())))],
                    "implicit", alpha=10.0)
 

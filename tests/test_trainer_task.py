@@ -150,20 +150,22 @@ import json, sys
 import tensorflow as tf
 m = tf.saved_model.load(sys.argv[1])
 out = {}
-r = m.signatures["recommend_items"](visitor_ids=tf.constant(json.loads(sys.argv[2])), k=tf.constant(4))
+ask = json.loads(sys.argv[2])
+r = m.signatures["recommend_items"](visitor_ids=tf.constant(ask), k=tf.constant([4] * len(ask)))
 out["items"] = {k: v.numpy().tolist() for k, v in r.items()}
-r = m.signatures["recommend_users"](content_ids=tf.constant(json.loads(sys.argv[3])), k=tf.constant(3))
+ask = json.loads(sys.argv[3])
+r = m.signatures["recommend_users"](content_ids=tf.constant(ask), k=tf.constant([3] * len(ask)))
 out["users"] = {k: v.numpy().tolist() for k, v in r.items()}
-r = m.signatures["fold_in"](content_ids=tf.constant(["%s", "%s", "no-such-item"]),
-                            ratings=tf.constant([0.5, 1.0, 2.0]), k=tf.constant(4))
-out["fold"] = {k: (v.numpy().tolist() if v.shape.rank else v.numpy().item()) for k, v in r.items()}
+r = m.signatures["fold_in"](content_ids=tf.constant([["%s", "%s", "no-such-item"]]),
+                            ratings=tf.constant([[0.5, 1.0, 2.0]]), k=tf.constant([4]))
+out["fold"] = {k: v.numpy()[0].tolist() for k, v in r.items()}  # the one instance
 try:
-    m.signatures["fold_in"](content_ids=tf.constant(["%s"]), ratings=tf.constant([float("nan")]), k=tf.constant(4))
+    m.signatures["fold_in"](content_ids=tf.constant([["%s"]]), ratings=tf.constant([[float("nan")]]), k=tf.constant([4]))
     out["nan_error"] = None
 except tf.errors.InvalidArgumentError as e:
     out["nan_error"] = e.message
 try:
-    m.signatures["recommend_items"](visitor_ids=tf.constant(["x"]), k=tf.constant(0))
+    m.signatures["recommend_items"](visitor_ids=tf.constant(["x"]), k=tf.constant([0]))
     out["k0_error"] = None
 except tf.errors.InvalidArgumentError as e:
     out["k0_error"] = e.message
@@ -184,8 +186,10 @@ def test_saved_model_in_fresh_process(trained, tmp_path):
     ask_items = [ITEMS[3], ITEMS[4], "unknown-item"]
     # run from an empty directory with only TensorFlow: no project code importable
     env = {k: val for k, val in os.environ.items() if k != "PYTHONPATH"}
+    export = json.loads((trained / "training_summary.json").read_text())["outputs"]["export"]
+    assert export.startswith("export/") and export.split("/")[1].isdigit()  # export/<version>
     proc = subprocess.run(
-        [sys.executable, "-c", _SERVE, str(trained / "export"), json.dumps(ask_users), json.dumps(ask_items)],
+        [sys.executable, "-c", _SERVE, str(trained / export), json.dumps(ask_users), json.dumps(ask_items)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -82,6 +82,7 @@ class Job:
     rating_cap_source: str
     timing: dict[str, Any] = field(default_factory=dict)
     evaluation: dict | None = None  # metrics.json, once evaluated
+    export_path: str | None = None  # OUTPUT_DIR/export/<version>, once exported
 
 
 # --------------------------------------------------------------------------- entry points
@@ -334,7 +335,7 @@ def write(args: argparse.Namespace, job: Job, inputs: Inputs, data: TrainingData
             model.user_factors, model.item_factors, user_vocab, item_vocab, data.user_items,
             model.col_weights, model.weighting, model.regularization, job.rating_cap,
         )
-        export.export_saved_model(fileio.join(out, EXPORT_DIR), module)
+        job.export_path = export.export_saved_model(fileio.join(out, EXPORT_DIR), module)
 
 
 def _write_predictions(args: argparse.Namespace, model: WALSModel, inputs: Inputs, data: TrainingData) -> None:
@@ -376,7 +377,7 @@ def summarise(args: argparse.Namespace, job: Job, inputs: Inputs, data: Training
         "timing": _timing_block(job),
         "environment": {"device": job.device, "tensorflow": tf.__version__,
                         "python": platform.python_version()},
-        "outputs": _outputs_block(args, inputs, ev is not None),
+        "outputs": _outputs_block(args, inputs, ev is not None, job.export_path),
     }
     fileio.write_json(fileio.join(args.output_dir, SUMMARY), summary)
     log.info("done: %s after %d sweeps%s;%s outputs in %s",
@@ -413,14 +414,17 @@ def _timing_block(job: Job) -> dict:
     }
 
 
-def _outputs_block(args: argparse.Namespace, inputs: Inputs, evaluated: bool) -> dict:
+def _outputs_block(args: argparse.Namespace, inputs: Inputs, evaluated: bool,
+                   export_path: str | None) -> dict:
     return {
         "row_factors": ROW_FACTORS,
         "col_factors": COL_FACTORS,
         "batch_pred": BATCH_PRED if args.batch_pred else None,
         "topk": inputs.topk_items,  # --topk, clamped to the number of items
         "batch_pred_users": BATCH_PRED_USERS if args.predict_users_for_items else None,
-        "export": EXPORT_DIR if args.export else None,
+        # export/<version>: the SavedModel (export/ is TF Serving's --model_base_path)
+        "export": None if export_path is None
+        else f"{EXPORT_DIR}/{export_path.rstrip('/').rsplit('/', 1)[-1]}",
         "metrics": METRICS if evaluated else None,
     }
 
