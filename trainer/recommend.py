@@ -20,11 +20,25 @@ without recommendations has a line holding only its ID (no trailing tab). The fo
 unambiguous because raw IDs never contain a tab or a line break: the preprocessing drops such
 IDs and :func:`trainer.metadata.read_vocabulary` refuses them. Commas, spaces, quotes and
 non-ASCII text are ordinary ID characters.
+
+Command line (needs only TensorFlow and this module): the top-k of one ID from the exported
+SavedModel (:mod:`trainer.export`)::
+
+    python -m trainer.recommend --model_dir DIR (--visitor_id ID | --similar_to CONTENT_ID) [--k 10]
+
+``DIR`` is the trainer's output dir, its ``export/`` or an ``export/<version>/`` folder (the
+largest version is used). ``--visitor_id`` asks ``recommend_items``, ``--similar_to``
+``similar_items``. Prints ``raw_id<TAB>score`` lines, best first (scores with 9 significant
+digits: a float32 read back exactly). A known ID with no recommendations (no training
+interactions) prints nothing. Exit 2 with one ``error:`` line on stderr for an unknown ID, a
+missing model or a bad flag.
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
+import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -167,3 +181,95 @@ def read_batch_predictions(path: str) -> dict[str, list[str]]:
             q, *targets = line.split("\t")
             out[q] = targets
     return out
+
+
+# --------------------------------------------------------------------------- command line
+class _Parser(argparse.ArgumentParser):
+    """Bad flags: one ``error:`` line and exit 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def parse_cli(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags of ``python -m trainer.recommend`` (module doc)."""
+    p = _Parser(prog="python -m trainer.recommend",
+                description="Top-k recommendations from the exported SavedModel.")
+    p.add_argument("--model_dir", required=True,
+                   help="the trainer's output dir, its export/ or an export/<version>/ folder")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--visitor_id", help="recommend items for this visitorId (recommend_items)")
+    q.add_argument("--similar_to", help="items most similar to this contentId (similar_items)")
+    p.add_argument("--k", type=int, default=10, help="how many (default 10)")
+    args = p.parse_args(argv)
+    if args.k < 1:
+        p.error(f"--k must be >= 1, got {args.k}")
+    return args
+
+
+def query(model_dir: str, k: int, visitor_id: str | None = None,
+          similar_to: str | None = None) -> list[tuple[str, float]]:
+    """``[(raw_id, score), ...]`` best first, from the newest SavedModel under ``model_dir``.
+
+    Parameters
+    ----------
+    model_dir : str
+        The trainer's output dir, its ``export/`` or an ``export/<version>/`` folder.
+    k : int
+        At most this many (>= 1).
+    visitor_id, similar_to : str, optional
+        Exactly one: the visitorId to recommend items for, or the contentId to find similar
+        items for.
+
+    Returns
+    -------
+    list of (str, float)
+
+    Raises
+    ------
+    TrainerInputError
+        No SavedModel under ``model_dir``, or the ID is not in the model's vocabulary.
+    """
+    import tensorflow as tf
+
+    from trainer.export import latest_export
+
+    if (visitor_id is None) == (similar_to is None):
+        raise TrainerInputError("give exactly one of visitor_id and similar_to")
+    path = latest_export(model_dir)
+    if path is None:
+        raise TrainerInputError(f"no exported SavedModel in {model_dir} (nor in its export/<version>/)")
+    model = tf.saved_model.load(path)
+    if visitor_id is not None:
+        sig, arg, raw, what = "recommend_items", "visitor_ids", visitor_id, "visitorId"
+    else:
+        sig, arg, raw, what = "similar_items", "content_ids", similar_to, "contentId"
+    r = model.signatures[sig](**{arg: tf.constant([raw]), "k": tf.constant([k], tf.int32)})
+    if not bool(r["known"].numpy()[0]):
+        raise TrainerInputError(f"unknown {what} {raw!r}: not in the model's vocabulary ({path})")
+    n = int(r["count"].numpy()[0])
+    names = r["content_ids"].numpy()[0, :n]
+    scores = r["scores"].numpy()[0, :n]
+    return [(b.decode("utf-8"), float(s)) for b, s in zip(names, scores)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m trainer.recommend`` (module doc); returns the exit status."""
+    from trainer.errors import one_line
+
+    args = parse_cli(argv)
+    try:
+        rows = query(args.model_dir, args.k, visitor_id=args.visitor_id, similar_to=args.similar_to)
+    except TrainerInputError as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    sys.stdout.write("".join(f"{name}\t{score:.9g}\n" for name, score in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # fewer TensorFlow log lines on stderr
+    sys.exit(main())
