@@ -22,6 +22,11 @@ TRAINER_REQUIRES = ["numpy>=1.26,<3"]  # plus TensorFlow, which the training ima
 TEST_REQUIRES = ["pytest==8.*", "pandas>=2.2", "duckdb==2.0.0"]
 # benchmarks/: the peer library, plots, memory polling (pip install -e ".[test,bench]").
 BENCH_REQUIRES = ["implicit==0.7.3", "scipy>=1.11", "matplotlib==3.11.2", "psutil==7.2.2"]
+# The TensorBoard viewer (pip install ".[tensorboard]"; tensorboard --logdir OUTPUT_DIR/tensorboard).
+# TensorFlow 2.21 no longer depends on tensorboard; the trainer writes its event files with
+# tf.summary either way. 2.21.x is the release that matches TensorFlow 2.21 (its protobuf and
+# grpcio ranges fit).
+TENSORBOARD_REQUIRES = ["tensorboard==2.21.*"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The trainer-only sdist has no preprocess/ folder: installing it (on Vertex AI, where the
@@ -41,5 +46,5 @@ setuptools.setup(
     package_data={"schemas": ["*.sql", "*.md", "*.json"]},
     include_package_data=True,
     install_requires=TRAINER_REQUIRES if trainer_only else PIPELINE_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "bench": BENCH_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "bench": BENCH_REQUIRES, "tensorboard": TENSORBOARD_REQUIRES},
 )
