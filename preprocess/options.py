@@ -182,6 +182,8 @@ def refuse_unknown_flags(argv: Sequence[str]) -> None:
     unknown = unknown_flags(argv)
     if not unknown:
         return
+    # argparse also returns the values of unknown flags ("--test_fracton 0.2" -> both words)
+    unknown = [arg for arg in unknown if arg.startswith("-")] or unknown
     known = [
         option
         for cls in PipelineOptions.__subclasses__()

@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a WALS recommender on the preprocessing output (metadata.json + "
         "TFRecord shards).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        # A misspelt or shortened flag is an error, not a guess: --num_epoch would otherwise
+        # mean --num_epochs, and a flag added later could change what a short form means.
+        allow_abbrev=False,
     )
     for group in (_paths, _model, _solver, _evaluation, _outputs):
         group(p)
