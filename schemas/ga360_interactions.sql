@@ -22,7 +22,7 @@ WITH session_hits AS (
   FROM {table} AS s, UNNEST(s.hits) AS h {item_join}
   WHERE {table_filter} AND {hit_filter}
     -- rows the Beam readers count and drop as invalid are excluded here too
-    AND s.fullVisitorId IS NOT NULL AND s.fullVisitorId != ''
+    AND s.fullVisitorId IS NOT NULL AND TRIM(s.fullVisitorId) != ''
     AND s.visitNumber IS NOT NULL
     AND h.time >= 0
 ),
@@ -43,6 +43,6 @@ JOIN hit_durations
   ON session_hits.visitorId = hit_durations.visitorId
   AND session_hits.visitNumber = hit_durations.visitNumber
   AND session_hits.hit_time = hit_durations.hit_time
-WHERE session_hits.contentId IS NOT NULL AND session_hits.contentId != ''
+WHERE session_hits.contentId IS NOT NULL AND TRIM(session_hits.contentId) != ''
 GROUP BY session_hits.visitorId, session_hits.contentId
 HAVING SUM(hit_durations.duration) > 0

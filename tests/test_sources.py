@@ -265,3 +265,20 @@ def test_dataflow_job_id_and_console_url_are_printed(capsys):
         "preprocess: Dataflow job 2026-12-01_01_02_03-123456789 submitted: https://console.cloud.google.com"
         "/dataflow/jobs/europe-west1/2026-12-01_01_02_03-123456789?project=p")
     assert announce_job(None, PreprocessOptions(["--runner", "FnApiRunner"])) == ""
+
+
+def test_whitespace_only_ids_are_missing_in_the_sql_and_in_beam(tmp_path):
+    """A visitor or content ID of spaces is no ID for either reader (ids.clean_id, TRIM in the SQL)."""
+    def hit(time, content):
+        return {"time": time, "type": "PAGE", "customDimensions": [{"index": 10, "value": content}]}
+    sessions = [
+        {"fullVisitorId": "   ", "visitNumber": 1, "hits": [hit(0, "c1"), hit(1000, "c2")]},
+        {"fullVisitorId": "v1", "visitNumber": 1, "hits": [hit(0, "  "), hit(1000, "c2"), hit(3000, "c3")]},
+        {"fullVisitorId": "v2", "visitNumber": 1, "hits": [hit(0, "c1"), hit(500, "c2"), hit(2000, "c3")]},
+    ]
+    path = tmp_path / "sessions.json"
+    path.write_text("\n".join(json.dumps(s) for s in sessions) + "\n")
+    sql = as_sorted(duckdb_interactions(str(path), "custom_dimension"))
+    assert list(zip(sql["visitorId"], sql["contentId"], sql["session_duration"])) == [
+        ("v1", "c2", 2000.0), ("v2", "c1", 500.0), ("v2", "c2", 1500.0)]
+    pd.testing.assert_frame_equal(as_sorted(beam_interactions(str(path), "custom_dimension")), sql)
