@@ -54,7 +54,7 @@ exactly. ``--seed`` also seeds every model's initial factors (the same ``--seed`
 the models are (CPU, :meth:`trainer.wals.WALSModel.fit`), and so is the refinement that
 depends on their validation values.
 
-The default budget (16 trials of at most 12 sweeps) takes a few minutes on the bundled sample
+The default budget (24 trials of at most 20 sweeps) takes a few minutes on the bundled sample
 (about 300k interactions; figures in ``BENCHMARKS.md``).
 """
 from __future__ import annotations
@@ -104,12 +104,12 @@ class SearchSpace:
 
     objectives: tuple[str, ...] = ("implicit", "wals")
     factors: tuple[int, int] = (8, 96)
-    regularization_implicit: tuple[float, float] = (0.1, 100.0)
-    alpha: tuple[float, float] = (0.3, 100.0)
+    regularization_implicit: tuple[float, float] = (0.1, 1000.0)
+    alpha: tuple[float, float] = (0.3, 1000.0)
     # wals: in the units of its own loss (weight w0 + 1 observed, w0 unobserved, target r)
     regularization_wals: tuple[float, float] = (0.001, 10.0)
     unobserved_weight: tuple[float, float] = (0.001, 1.0)
-    max_sweeps: int = 12
+    max_sweeps: int = 20
 
     def to_json(self) -> dict:
         return {**asdict(self), "sampling": "log-uniform"}
@@ -391,7 +391,7 @@ def build_tune_parser() -> argparse.ArgumentParser:
                      "plus tuning.json and tuning.png).")
     p.set_defaults(**{name: None for name in SEARCHED_FLAGS})
     g = p.add_argument_group("search")
-    g.add_argument("--trials", type=int, default=16, help="configurations tried (the first: the defaults)")
+    g.add_argument("--trials", type=int, default=24, help="configurations tried (the first: the defaults)")
     g.add_argument("--max_sweeps", type=int, default=SearchSpace.max_sweeps,
                    help="most sweeps per trial (evaluated after each)")
     g.add_argument("--trial_patience", type=int, default=3,
