@@ -420,3 +420,69 @@ def test_batches_in_flight_give_identical_factors(solver, device):
     losses = [compute_loss(_on(device, out[0]), v0, user_plan, 0.1, 0.3, batches_in_flight=n)
               for n in (1, 3)]
     assert losses[0] == losses[1]
+
+
+class _RowCompressed:
+    """A matrix known only by its compressed-row arrays (what scipy.sparse.csr_matrix offers)."""
+
+    def __init__(self, indptr, indices, data, shape, layout="csr"):
+        self.indptr, self.indices, self.data, self.shape, self.format = indptr, indices, data, shape, layout
+
+
+def test_fit_takes_any_compressed_row_matrix_and_sums_repeats():
+    """Issue 11 item 1: fit accepts what the field passes around; the oracle is the same fit on
+    the CSR built from the dense matrix (repeated entries summed, stored zeros dropped, as
+    SciPy defines the matrix)."""
+    d = random_ratings(12, 9, 0.4, seed=5)
+    dense = CSR.from_dense(d)
+    # The same matrix with one entry split in two repeated halves, an explicit zero and rows
+    # whose columns are out of order.
+    rows, cols, vals = [], [], []
+    for i in range(d.shape[0]):
+        js = list(np.flatnonzero(d[i]))[::-1]
+        for j in js:
+            if (i, j) == (0, js[-1]):
+                rows += [i, i]; cols += [j, j]; vals += [d[i, j] / 2, d[i, j] / 2]
+            else:
+                rows.append(i); cols.append(j); vals.append(d[i, j])
+        zero_col = int(np.flatnonzero(d[i] == 0)[0])
+        rows.append(i); cols.append(zero_col); vals.append(0.0)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=d.shape[0]))])
+    packed = _RowCompressed(indptr, np.array(cols), np.array(vals), d.shape)
+    assert CSR.from_compressed_rows(packed).to_dense().tolist() == dense.to_dense().tolist()
+    kw = dict(factors=3, regularization=0.5, iterations=2, random_state=1, device="/CPU:0")
+    want = WALSModel(**kw).fit(dense)
+    got = WALSModel(**kw).fit(packed)
+    assert np.array_equal(got.user_factors, want.user_factors)
+    assert np.array_equal(got.item_factors, want.item_factors)
+    with pytest.raises(TrainerInputError, match="tocsr"):
+        WALSModel(**kw).fit(_RowCompressed(indptr, np.array(cols), np.array(vals), d.shape, layout="csc"))
+    with pytest.raises(TrainerInputError, match="indptr, indices, data, shape"):
+        WALSModel(**kw).fit(d)  # a dense array is not a sparse matrix
+
+
+def test_fit_takes_a_scipy_csr_matrix():
+    sparse = pytest.importorskip("scipy.sparse")  # the bench extra; the trainer never needs it
+    d = random_ratings(10, 7, 0.5, seed=2)
+    kw = dict(factors=3, regularization=0.5, iterations=2, random_state=0, device="/CPU:0")
+    want = WALSModel(**kw).fit(CSR.from_dense(d))
+    for matrix in (sparse.csr_matrix(d), sparse.csr_array(d)):
+        got = WALSModel(**kw).fit(matrix)
+        assert np.array_equal(got.user_factors, want.user_factors)
+
+
+def test_fit_needs_no_scipy():
+    import subprocess
+    import sys
+
+    # SciPy made unimportable (TensorFlow itself imports it when present, the trainer must not
+    # need it): the fit still works, as in the lean training image.
+    code = ("import sys, types\n"
+            "sys.modules['scipy'] = None\n"
+            "import numpy as np\n"
+            "from trainer.wals import WALSModel\n"
+            "m = types.SimpleNamespace(indptr=np.array([0, 2, 3]), indices=np.array([0, 1, 1]),"
+            " data=np.array([1.0, 2.0, 1.0]), shape=(2, 2))\n"
+            "print(WALSModel(factors=1, iterations=1).fit(m).user_factors.shape)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "(2, 1)", done.stderr[-2000:]

@@ -74,6 +74,49 @@ class CSR:
         return cls(indptr, cols, values.astype(np.float32), (nrows, ncols))
 
     @classmethod
+    def from_compressed_rows(cls, matrix: object, what: str = "matrix") -> "CSR":
+        """A CSR from anything stored by compressed rows: ``indptr``, ``indices``, ``data``
+        and ``shape`` attributes, such as ``scipy.sparse.csr_matrix`` / ``csr_array``
+        (read by attribute: SciPy is never imported). A :class:`CSR` is returned as it is.
+
+        As SciPy defines the matrix, repeated ``(row, column)`` entries are summed; stored
+        zeros (after summing) are no interaction and are left out, as :meth:`from_dense` does.
+        A matrix in another layout (``format`` other than ``"csr"``, e.g. CSC, whose
+        ``indptr`` runs over columns) is refused: convert it with ``.tocsr()``.
+        """
+        if isinstance(matrix, CSR):
+            return matrix
+        missing = [a for a in ("indptr", "indices", "data", "shape") if not hasattr(matrix, a)]
+        if missing:
+            raise TrainerInputError(
+                f"{what} must be a CSR matrix (indptr, indices, data, shape), e.g. "
+                f"scipy.sparse.csr_matrix; {type(matrix).__name__} has no {', '.join(missing)}"
+            )
+        layout = getattr(matrix, "format", "csr")
+        if layout != "csr":
+            raise TrainerInputError(f"{what} is stored as {layout!r}, not by rows: pass .tocsr()")
+        nrows, ncols = (int(s) for s in matrix.shape)
+        indptr = np.asarray(matrix.indptr, dtype=np.int64)
+        if indptr.shape != (nrows + 1,) or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+            raise TrainerInputError(f"{what}: indptr must be non-decreasing from 0 with nrows+1 entries")
+        rows = np.repeat(np.arange(nrows, dtype=np.int64), np.diff(indptr))
+        cols = np.asarray(matrix.indices, dtype=np.int64)
+        values = np.asarray(matrix.data, dtype=np.float64)
+        if cols.shape != rows.shape or values.shape != rows.shape:
+            raise TrainerInputError(f"{what}: indices/data length must equal indptr[-1]")
+        _check_range(cols, ncols, f"{what}: column id")
+        _check_finite(values, what)
+        order = np.lexsort((cols, rows))
+        rows, cols, values = rows[order], cols[order], values[order]
+        if rows.size:
+            first = np.ones(rows.size, dtype=bool)
+            first[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
+            starts = np.flatnonzero(first)
+            rows, cols, values = rows[starts], cols[starts], np.add.reduceat(values, starts)
+        keep = values != 0
+        return cls.from_coo(rows[keep], cols[keep], values[keep], (nrows, ncols), what)
+
+    @classmethod
     def from_dense(cls, dense: np.ndarray) -> "CSR":
         """Non-zero entries of a dense 2-D array (tests, small examples)."""
         dense = np.asarray(dense)

@@ -715,8 +715,15 @@ class WALSModel:
         row_weights: np.ndarray | None = None,
         col_weights: np.ndarray | None = None,
     ) -> tuple[SweepPlan, SweepPlan]:
-        """Validates the matrices and weights and builds both sweep plans."""
+        """Validates the matrices and weights and builds both sweep plans.
+
+        ``user_items`` (and ``item_users``) may be a :class:`~trainer.sparse.CSR` or anything
+        stored by compressed rows, such as ``scipy.sparse.csr_matrix``
+        (:meth:`~trainer.sparse.CSR.from_compressed_rows`)."""
         tf = _tf()
+        user_items = CSR.from_compressed_rows(user_items, "user_items")
+        if item_users is not None:
+            item_users = CSR.from_compressed_rows(item_users, "item_users")
         item_users = _check_matrices(user_items, item_users)
         nusers, nitems = user_items.shape
         if row_weights is None:
@@ -753,8 +760,10 @@ class WALSModel:
 
         Parameters
         ----------
-        user_items : CSR
-            The ``nusers × nitems`` ratings.
+        user_items : CSR or scipy.sparse.csr_matrix
+            The ``nusers × nitems`` ratings: a :class:`~trainer.sparse.CSR`, or anything with
+            ``indptr``, ``indices``, ``data`` and ``shape`` stored by rows (SciPy's CSR
+            matrices and arrays; repeated entries are summed, stored zeros left out).
         item_users : CSR, optional
             Its transpose, when the caller has it already (else computed).
         row_weights, col_weights : ndarray, optional
