@@ -257,3 +257,13 @@ def test_module_entry_point(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "python -m trainer.tune: error: --trials must be >= 1, got -1 (see --help)"]
+
+
+def test_refuses_a_foreign_output_dir_before_searching(data_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "foreign"
+    out.mkdir()
+    (out / "notes.txt").write_text("not the trainer's")
+    monkeypatch.setattr(tune, "search", lambda *a, **k: pytest.fail("searched"))
+    assert tune.main(["--input_path", str(data_dir), "--output_dir", str(out), *BUDGET]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1

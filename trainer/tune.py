@@ -446,6 +446,11 @@ def run(args: argparse.Namespace) -> dict:
         raise TrainerInputError(f"--eval_k {args.eval_k} is more than the {md.nitems} items")
     users = read_vocabulary(md.user_vocabulary, md.nusers, "user")
     items = read_vocabulary(md.item_vocabulary, md.nitems, "item")
+    # before the long search: a dir the trainer may not write to fails now, and an earlier
+    # tuning's files go (trainer.task.run removes its own outputs when it claims the dir)
+    with fileio.claim_output_dir(args.output_dir, args.break_lock):
+        for name in (TUNING, PLOT):
+            fileio.remove_path(fileio.join(args.output_dir, name))
     train = load_training_data(md).user_items
     data = carve(train, users, items, args.validation_fraction, args.validation_users)
     if data.val.nnz == 0:
