@@ -54,7 +54,7 @@ exactly. ``--seed`` also seeds every model's initial factors (the same ``--seed`
 the models are (CPU, :meth:`trainer.wals.WALSModel.fit`), and so is the refinement that
 depends on their validation values.
 
-The default budget (24 trials of at most 20 sweeps) takes a few minutes on the bundled sample
+The default budget (24 trials of at most 20 sweeps) takes about 2 minutes on the bundled sample
 (about 300k interactions; figures in ``BENCHMARKS.md``).
 """
 from __future__ import annotations
