@@ -267,3 +267,13 @@ def test_refuses_a_foreign_output_dir_before_searching(data_dir, tmp_path, capsy
     assert tune.main(["--input_path", str(data_dir), "--output_dir", str(out), *BUDGET]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def test_plot_skipped_with_a_log_line_without_matplotlib(tuned, tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib → ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    d = _tuning(tuned)
+    with caplog.at_level("INFO", logger="trainer.tune"):
+        assert tune.plot(str(tmp_path / tune.PLOT), d["trials"], d["chosen"]["trial"], d["metric"]) is False
+    assert not (tmp_path / tune.PLOT).exists()
+    assert "matplotlib is not installed" in caplog.text
