@@ -5,6 +5,7 @@
 #       --image REGION-docker.pkg.dev/PROJECT/REPO/wals-trainer:TAG \
 #       [--project P] [--region us-central1] [--machine_type n1-standard-8] \
 #       [--accelerator_type NVIDIA_TESLA_T4] [--accelerator_count 1] [--job_name NAME] \
+#       [--hptune N [--parallel_trials P] [--hptune_metric ndcg|map|recall|precision]] \
 #       [--dry_run] [-- TRAINER FLAGS, e.g. --num_epochs 20 --n_embeds 64]
 #
 # --image URI: our trainer container (built from Dockerfile.trainer: TensorFlow 2.21 with GPU
@@ -17,6 +18,12 @@
 # create --config FILE), so paths and flags may contain any character, commas included.
 # --dry_run (anywhere on the line, also after --) builds and checks everything locally, prints
 # the commands (prefixed "+ ") and the job spec, and uploads and submits nothing.
+# --hptune N: a Vertex AI hyperparameter tuning job instead (gcloud ai hp-tuning-jobs create,
+#     N trials, P at a time, default 1; Vertex AI's default Bayesian search) over --n_embeds,
+#     --regularization, --alpha (--unobserved_weight with --objective wals) and --num_epochs.
+#     Each trial runs the trainer with --hypertune_metric METRIC (default ndcg): it trains on
+#     the training records minus trainer.tune's validation carve-out and reports METRIC@eval_k
+#     on it; trial outputs go to OUTPUT_DIR/TRIAL_ID/model/. See docs/CLOUD.md.
 # --accelerator_count 0 runs on CPU only. Bad input: one line on stderr, exit status 2.
 set -euo pipefail
 
@@ -36,6 +43,9 @@ PREBUILT_IMAGE=""
 JOB_NAME="wals-trainer-$(date -u +%Y%m%d-%H%M%S)"
 PACKAGE_URI=""
 DRY_RUN=0
+HPTUNE=""
+PARALLEL_TRIALS=""
+HPTUNE_METRIC=""
 TRAINER_ARGS=()
 
 # --dry_run anywhere (before or after --) means nothing is uploaded or submitted; it is never
@@ -51,7 +61,8 @@ while [[ $# -gt 0 ]]; do
     -h|--help) usage; exit 0 ;;
     --*=*) name="${opt%%=*}"; value="${opt#*=}"; shift ;;
     --input_path|--output_dir|--project|--region|--staging|--machine_type|--accelerator_type|\
-    --accelerator_count|--image|--prebuilt_image|--job_name|--package_uri)
+    --accelerator_count|--image|--prebuilt_image|--job_name|--package_uri|--hptune|\
+    --parallel_trials|--hptune_metric)
       name="$opt"
       [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die "$opt needs a value"
       value="$2"; shift 2 ;;
@@ -71,6 +82,9 @@ while [[ $# -gt 0 ]]; do
     --prebuilt_image) PREBUILT_IMAGE="$value" ;;
     --job_name) JOB_NAME="$value" ;;
     --package_uri) PACKAGE_URI="$value" ;;
+    --hptune) HPTUNE="$value" ;;
+    --parallel_trials) PARALLEL_TRIALS="$value" ;;
+    --hptune_metric) HPTUNE_METRIC="$value" ;;
     *) die "unknown option $name (trainer flags go after --; --help lists the options)" ;;
   esac
 done
@@ -123,6 +137,22 @@ for a in "${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}"; do
     die "give --input_path/--output_dir before --, not as trainer flags" ;;
   esac
 done
+if [[ -n "$HPTUNE" ]]; then
+  [[ "$HPTUNE" =~ ^[1-9][0-9]{0,3}$ ]] || die "--hptune must be a number of trials (1-9999), got '$HPTUNE'"
+  PARALLEL_TRIALS="${PARALLEL_TRIALS:-1}"
+  [[ "$PARALLEL_TRIALS" =~ ^[1-9][0-9]{0,3}$ ]] || die "--parallel_trials must be a positive integer, got '$PARALLEL_TRIALS'"
+  (( PARALLEL_TRIALS <= HPTUNE )) || die "--parallel_trials $PARALLEL_TRIALS is more than the --hptune $HPTUNE trials"
+  HPTUNE_METRIC="${HPTUNE_METRIC:-ndcg}"
+  [[ "$HPTUNE_METRIC" =~ ^(ndcg|map|recall|precision)$ ]] || die "--hptune_metric must be ndcg, map, recall or precision, got '$HPTUNE_METRIC'"
+  for a in "${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}"; do
+    case "$a" in --hypertune_metric|--hypertune_metric=*)
+      die "with --hptune the trials' --hypertune_metric is --hptune_metric; do not give it after --" ;;
+    esac
+  done
+else
+  [[ -z "$PARALLEL_TRIALS" ]] || die "--parallel_trials is only used with --hptune N"
+  [[ -z "$HPTUNE_METRIC" ]] || die "--hptune_metric is only used with --hptune N"
+fi
 
 # Prints a command as one shell-quoted line: safe words as they are, others in single quotes.
 quote() {
@@ -140,19 +170,21 @@ command -v "$PYTHON" >/dev/null 2>&1 || die "no Python: '$PYTHON' not found (set
 [[ -f trainer/flags.py ]] || die "trainer/flags.py not found beside run_training.sh: cannot check the trainer flags"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-SPEC="$WORK/custom_job.yaml"
+if [[ -n "$HPTUNE" ]]; then SPEC="$WORK/hp_tuning_job.yaml"; else SPEC="$WORK/custom_job.yaml"; fi
 
 # Checks the job's trainer arguments with the trainer's own parser (trainer.flags.parse_args)
 # and, with an output file, writes the job spec (a Vertex AI CustomJobSpec in YAML: block
-# style, every string a double-quoted scalar, so any character survives).
+# style, every string a double-quoted scalar, so any character survives; with HP_TRIALS a
+# HyperparameterTuningJob whose trialJobSpec is that CustomJobSpec).
 # argv: MODE(check|spec) REPO OUT KIND(container|python) IMAGE MACHINE ACC_TYPE ACC_COUNT
-#       PACKAGE_URI INPUT_PATH OUTPUT_DIR TRAINER_ARGS...
+#       PACKAGE_URI INPUT_PATH OUTPUT_DIR HP_METRIC HP_TRIALS HP_PARALLEL TRAINER_ARGS...
+# (HP_*: empty without --hptune.)
 # Exit status 2 with one line on stderr for bad flags; 3 when the trainer printed its --help.
 HELPER=$(cat <<'PY'
 import contextlib, io, re, sys
 
 (mode, repo, out, kind, image, machine, acc_type, acc_count, package_uri,
- input_path, output_dir, *trainer) = sys.argv[1:]
+ input_path, output_dir, hp_metric, hp_trials, hp_parallel, *trainer) = sys.argv[1:]
 
 
 def fail(msg):
@@ -176,7 +208,8 @@ except Exception as e:  # noqa: BLE001 - reported in one line
 
 # parse_args reports bad flags the argparse way: a message on stderr and SystemExit(2). The
 # message is taken from its last line, whatever parser class the trainer uses.
-job_args = ["--input_path=" + input_path, "--output_dir=" + output_dir, "--no_progress", *trainer]
+job_args = ["--input_path=" + input_path, "--output_dir=" + output_dir, "--no_progress",
+            *(["--hypertune_metric=" + hp_metric] if hp_metric else []), *trainer]
 captured = io.StringIO()
 try:
     with contextlib.redirect_stderr(captured):
@@ -192,6 +225,18 @@ except Exception as e:  # noqa: BLE001 - reported in one line
     fail(f"bad trainer flags: {type(e).__name__}: {e}")
 if ns.input_path != input_path or ns.output_dir != output_dir:
     fail("a trainer flag after -- sets --input_path/--output_dir; give those before --")
+# The searched flags and their ranges (trainer.tune.SearchSpace's): Vertex AI appends
+# --NAME=VALUE to each trial's args, so a value given after -- would be overridden.
+weight = ("unobserved_weight", 0.001, 1.0) if ns.objective == "wals" else ("alpha", 0.3, 1000.0)
+SEARCHED = [("n_embeds", "INTEGER", 8, 96, "UNIT_LOG_SCALE"),
+            ("regularization", "DOUBLE", *((0.001, 10.0) if ns.objective == "wals" else (0.1, 1000.0)),
+             "UNIT_LOG_SCALE"),
+            (weight[0], "DOUBLE", weight[1], weight[2], "UNIT_LOG_SCALE"),
+            ("num_epochs", "INTEGER", 2, 20, "UNIT_LINEAR_SCALE")]
+if hp_metric:
+    for name, *_ in SEARCHED:
+        if any(a == "--" + name or a.startswith(f"--{name}=") for a in trainer):
+            fail(f"--{name} is searched by --hptune; do not give it after --")
 if mode == "check":
     sys.exit(0)
 
@@ -226,6 +271,19 @@ else:
     lines += ["  pythonPackageSpec:", f"    executorImageUri: {q(image)}", "    packageUris:",
               f"    - {q(package_uri)}", f"    pythonModule: {q('trainer.task')}", "    args:"]
 lines += [f"    - {q(a)}" for a in job_args]
+if hp_metric:
+    # A HyperparameterTuningJob: studySpec (algorithm unset: Vertex AI's default, Bayesian
+    # optimization), trialJobSpec = the CustomJobSpec above plus baseOutputDirectory, so each
+    # trial gets AIP_MODEL_DIR=OUTPUT_DIR/TRIAL_ID/model/.
+    study = ["studySpec:", "  metrics:", f"  - metricId: {q(hp_metric)}", "    goal: MAXIMIZE",
+             "  parameters:"]
+    for name, kind_, low, high, scale in SEARCHED:
+        spec = "integerValueSpec" if kind_ == "INTEGER" else "doubleValueSpec"
+        study += [f"  - parameterId: {q(name)}", f"    {spec}:", f"      minValue: {low!r}",
+                  f"      maxValue: {high!r}", f"    scaleType: {scale}"]
+    lines = [f"maxTrialCount: {int(hp_trials)}", f"parallelTrialCount: {int(hp_parallel)}", *study,
+             "trialJobSpec:", *["  " + line for line in lines],
+             "  baseOutputDirectory:", f"    outputUriPrefix: {q(output_dir)}"]
 with open(out, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
 PY
@@ -235,7 +293,7 @@ if [[ -n "$IMAGE" ]]; then KIND=container; JOB_IMAGE="$IMAGE"; else KIND=python;
 helper() {  # helper MODE [PACKAGE_URI]
   local rc=0
   "$PYTHON" -c "$HELPER" "$1" "$REPO" "$SPEC" "$KIND" "$JOB_IMAGE" "$MACHINE_TYPE" "$ACCELERATOR_TYPE" \
-    "$ACCELERATOR_COUNT" "${2:-}" "$INPUT_PATH" "$OUTPUT_DIR" \
+    "$ACCELERATOR_COUNT" "${2:-}" "$INPUT_PATH" "$OUTPUT_DIR" "$HPTUNE_METRIC" "$HPTUNE" "$PARALLEL_TRIALS" \
     "${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}" || rc=$?
   if [[ $rc == 3 ]]; then echo "(the trainer's --help, from trainer/flags.py; nothing was submitted)" >&2; exit 0; fi
   [[ $rc == 0 ]] || exit 2
@@ -268,16 +326,31 @@ else
   helper spec
 fi
 
-echo "# $SPEC (the job spec given to --config):"
-cat "$SPEC"
-run gcloud ai custom-jobs create \
-  --project="$PROJECT" \
-  --region="$REGION" \
-  --display-name="$JOB_NAME" \
-  --config="$SPEC"
+if [[ -n "$HPTUNE" ]]; then
+  echo "# $SPEC (the hyperparameter tuning job spec given to --config):"
+  cat "$SPEC"
+  run gcloud ai hp-tuning-jobs create \
+    --project="$PROJECT" \
+    --region="$REGION" \
+    --display-name="$JOB_NAME" \
+    --max-trial-count="$HPTUNE" \
+    --parallel-trial-count="$PARALLEL_TRIALS" \
+    --config="$SPEC"
+else
+  echo "# $SPEC (the job spec given to --config):"
+  cat "$SPEC"
+  run gcloud ai custom-jobs create \
+    --project="$PROJECT" \
+    --region="$REGION" \
+    --display-name="$JOB_NAME" \
+    --config="$SPEC"
+fi
 
 if [[ "$DRY_RUN" == 1 ]]; then
   echo "(dry run: nothing was uploaded or submitted)" >&2
+elif [[ -n "$HPTUNE" ]]; then
+  echo "Submitted. Follow it with: gcloud ai hp-tuning-jobs list --project=$PROJECT --region=$REGION --filter=displayName=$JOB_NAME" >&2
+  echo "and: gcloud ai hp-tuning-jobs describe JOB_ID --project=$PROJECT --region=$REGION (each trial's $HPTUNE_METRIC)" >&2
 else
   echo "Submitted. Follow it with: gcloud ai custom-jobs list --project=$PROJECT --region=$REGION --filter=displayName=$JOB_NAME" >&2
   echo "and: gcloud ai custom-jobs stream-logs JOB_ID --project=$PROJECT --region=$REGION" >&2

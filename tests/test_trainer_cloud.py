@@ -46,7 +46,7 @@ FAKE_GCLOUD = r"""#!@PYTHON@
 import json, os, shutil, subprocess, sys
 argv = sys.argv[1:]
 rec = {"argv": argv}
-if argv[:3] == ["ai", "custom-jobs", "create"]:
+if argv[:3] in (["ai", "custom-jobs", "create"], ["ai", "hp-tuning-jobs", "create"]):
     cfg = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     if cfg:
         with open(cfg[0], encoding="utf-8") as f:
@@ -57,7 +57,7 @@ elif argv[:2] == ["storage", "cp"]:
 with open(os.environ["FAKE_GCLOUD_LOG"], "a", encoding="utf-8") as f:
     f.write(json.dumps(rec) + "\n")
 harness = os.environ.get("GCLOUD_HARNESS")
-if harness and argv[:3] == ["ai", "custom-jobs", "create"]:
+if harness and argv[:3] in (["ai", "custom-jobs", "create"], ["ai", "hp-tuning-jobs", "create"]):
     sys.exit(subprocess.call([os.environ["GCLOUD_PYTHON"], harness, *argv]))
 """
 
@@ -94,6 +94,35 @@ def create(self, parent, job_spec, display_name=None, kms_key_name=None, labels=
 
 
 client.CustomJobsClient.Create = create
+
+# gcloud ai hp-tuning-jobs create: its client's one network call, the service's Create(request),
+# writes the HyperparameterTuningJob it would send to $CAPTURE instead.
+from googlecloudsdk.api_lib.ai.hp_tuning_jobs import client as hp_client
+
+
+class _HpService:
+    def __init__(self, owner):
+        self.owner = owner
+
+    def Create(self, request):
+        job = (getattr(request, "googleCloudAiplatformV1HyperparameterTuningJob", None)
+               or getattr(request, "googleCloudAiplatformV1beta1HyperparameterTuningJob", None))
+        with open(os.environ["CAPTURE"], "w", encoding="utf-8") as f:
+            json.dump({"parent": request.parent, "displayName": job.displayName,
+                       "job": encoding.MessageToDict(job), "unrecognized": unrecognized(job, "job")}, f)
+        return self.owner.HyperparameterTuningJobMessage()(
+            name=request.parent + "/hyperparameterTuningJobs/1", displayName=job.displayName)
+
+
+_hp_init = hp_client.HpTuningJobsClient.__init__
+
+
+def _hp_init_capturing(self, *a, **kw):
+    _hp_init(self, *a, **kw)
+    self._service = _HpService(self)
+
+
+hp_client.HpTuningJobsClient.__init__ = _hp_init_capturing
 _client_instance = client.apis.GetClientInstance
 client.apis.GetClientInstance = lambda name, version, no_http=False: _client_instance(name, version, no_http=True)
 sys.argv[0] = "gcloud"
@@ -782,3 +811,151 @@ def test_docs_dry_run_example_is_what_the_script_prints(cloud):
     assert p.returncode == 0, p.stderr
     normalise = lambda s: re.sub(r"/tmp(/[^/\s]+)*/tmp\.[A-Za-z0-9]+/", "/tmp/tmp.XXXXXXXXXX/", s)  # noqa: E731
     assert normalise(p.stdout) == normalise(example)
+
+
+# ------------------------------------------------------------------------------ hyperparameter tuning
+HP = ["--hptune", "12", "--parallel_trials", "3"]
+
+
+def _hp_spec(stdout: str) -> dict:
+    spec = yaml.safe_load(printed_spec(stdout))
+    assert list(spec) == ["maxTrialCount", "parallelTrialCount", "studySpec", "trialJobSpec"]
+    return spec
+
+
+def _trial_argv(args: list[str], params: dict[str, str]) -> list[str]:
+    """A trial's argv as Vertex AI builds it: the container args, then --NAME=VALUE per
+    parameter."""
+    return [*args, *(f"--{name}={value}" for name, value in params.items())]
+
+
+def test_hptune_dry_run_prints_the_tuning_job(cloud):
+    from trainer import tune
+
+    p = cloud.run([*BASE, "--image", IMAGE, "--job_name", "hp1", *HP, "--dry_run", "--", "--eval_k", "5"])
+    assert p.returncode == 0, p.stderr
+    assert cloud.cloud_calls() == [], "a dry run must not run gcloud"
+    (cmd,) = commands(p.stdout)
+    assert cmd[:4] == ["gcloud", "ai", "hp-tuning-jobs", "create"]
+    f = flags(cmd)
+    assert set(f) == {"--project", "--region", "--display-name", "--max-trial-count",
+                      "--parallel-trial-count", "--config"}
+    assert (f["--project"], f["--region"], f["--display-name"]) == ("proj-1", "us-central1", "hp1")
+    assert (f["--max-trial-count"], f["--parallel-trial-count"]) == ("12", "3")
+    spec = _hp_spec(p.stdout)
+    assert (spec["maxTrialCount"], spec["parallelTrialCount"]) == (12, 3)
+    study = spec["studySpec"]
+    assert set(study) == {"metrics", "parameters"}  # algorithm unset: Vertex AI's default (Bayesian)
+    assert study["metrics"] == [{"metricId": "ndcg", "goal": "MAXIMIZE"}]
+    params = {x["parameterId"]: x for x in study["parameters"]}
+    assert list(params) == ["n_embeds", "regularization", "alpha", "num_epochs"]
+    space = tune.SearchSpace()  # the local tuner's ranges
+    assert params["n_embeds"] == {"parameterId": "n_embeds", "scaleType": "UNIT_LOG_SCALE",
+                                  "integerValueSpec": {"minValue": space.factors[0], "maxValue": space.factors[1]}}
+    assert params["regularization"]["doubleValueSpec"] == dict(zip(("minValue", "maxValue"), space.regularization_implicit))
+    assert params["alpha"]["doubleValueSpec"] == dict(zip(("minValue", "maxValue"), space.alpha))
+    assert params["num_epochs"]["integerValueSpec"] == {"minValue": 2, "maxValue": space.max_sweeps}
+    assert params["regularization"]["scaleType"] == params["alpha"]["scaleType"] == "UNIT_LOG_SCALE"
+    trial = spec["trialJobSpec"]
+    assert set(trial) == {"workerPoolSpecs", "baseOutputDirectory"}
+    assert trial["baseOutputDirectory"] == {"outputUriPrefix": "gs://bkt/model"}  # AIP_MODEL_DIR=.../TRIAL/model/
+    # the same worker pool as the custom job, plus --hypertune_metric
+    plain = cloud.run([*BASE, "--image", IMAGE, "--dry_run", "--", "--eval_k", "5"])
+    custom_pool = job_pool(yaml.safe_load(printed_spec(plain.stdout)))
+    (pool,) = trial["workerPoolSpecs"]
+    args = pool["containerSpec"]["args"]
+    assert args == [*custom_pool["containerSpec"]["args"][:3], "--hypertune_metric=ndcg", "--eval_k", "5"]
+    assert {k: v for k, v in pool.items() if k != "containerSpec"} == {k: v for k, v in custom_pool.items() if k != "containerSpec"}
+    # every parameter is a trainer flag, in the --NAME=VALUE form Vertex AI appends, at both ends
+    for end in ("minValue", "maxValue"):
+        values = {n: str(x.get("integerValueSpec", x.get("doubleValueSpec"))[end]) for n, x in params.items()}
+        ns = task.parse_args(_trial_argv(args, values))
+        assert (ns.hypertune_metric, ns.eval_k) == ("ndcg", 5)
+        assert ns.n_embeds == int(values["n_embeds"]) and ns.num_epochs == int(values["num_epochs"])
+        assert ns.regularization == float(values["regularization"]) and ns.alpha == float(values["alpha"])
+    assert task.parse_args(_trial_argv(args, {"regularization": "1e-01", "alpha": "2.5E+02"})).alpha == 250.0
+
+
+def test_hptune_with_objective_wals_searches_the_unobserved_weight(cloud):
+    from trainer import tune
+
+    p = cloud.run([*BASE, "--image", IMAGE, "--hptune", "4", "--hptune_metric", "map", "--dry_run",
+                   "--", "--objective", "wals"])
+    assert p.returncode == 0, p.stderr
+    spec = _hp_spec(p.stdout)
+    assert spec["studySpec"]["metrics"] == [{"metricId": "map", "goal": "MAXIMIZE"}]
+    assert spec["parallelTrialCount"] == 1  # the default
+    params = {x["parameterId"]: x for x in spec["studySpec"]["parameters"]}
+    assert list(params) == ["n_embeds", "regularization", "unobserved_weight", "num_epochs"]
+    space = tune.SearchSpace()
+    assert params["regularization"]["doubleValueSpec"] == dict(zip(("minValue", "maxValue"), space.regularization_wals))
+    assert params["unobserved_weight"]["doubleValueSpec"] == dict(zip(("minValue", "maxValue"), space.unobserved_weight))
+    (pool,) = spec["trialJobSpec"]["workerPoolSpecs"]
+    assert "--hypertune_metric=map" in pool["containerSpec"]["args"]
+
+
+def test_hptune_dry_run_output_is_accepted_by_gcloud(cloud):
+    """The printed command and spec, given to gcloud's own `ai hp-tuning-jobs create` (its
+    parser, its --config import into the HyperparameterTuningJob message, which rejects
+    unknown fields, and its merge of the command-line counts)."""
+    p = cloud.run([*BASE, "--image", IMAGE, "--job_name", "hp1", *HP, "--dry_run"])
+    assert p.returncode == 0, p.stderr
+    (cmd,) = commands(p.stdout)
+    g, sent = cloud.gcloud_create(cmd[1:], printed_spec(p.stdout))
+    assert g.returncode == 0, g.stderr
+    assert sent["parent"] == "projects/proj-1/locations/us-central1" and sent["displayName"] == "hp1"
+    assert sent["unrecognized"] == []
+    job = sent["job"]
+    assert (int(job["maxTrialCount"]), int(job["parallelTrialCount"])) == (12, 3)
+    assert job["studySpec"]["metrics"] == [{"metricId": "ndcg", "goal": "MAXIMIZE"}]
+    assert "algorithm" not in job["studySpec"]
+    assert [x["parameterId"] for x in job["studySpec"]["parameters"]] == ["n_embeds", "regularization", "alpha", "num_epochs"]
+    n_embeds = job["studySpec"]["parameters"][0]
+    assert (int(n_embeds["integerValueSpec"]["minValue"]), int(n_embeds["integerValueSpec"]["maxValue"])) == (8, 96)
+    assert job["trialJobSpec"]["baseOutputDirectory"] == {"outputUriPrefix": "gs://bkt/model"}
+    (pool,) = job["trialJobSpec"]["workerPoolSpecs"]
+    assert pool["containerSpec"] == {"imageUri": IMAGE, "args": [
+        "--input_path=gs://bkt/prep", "--output_dir=gs://bkt/model", "--no_progress", "--hypertune_metric=ndcg"]}
+    # the oracle can fail: a misspelt field is refused or reported
+    bad = printed_spec(p.stdout).replace("metricId", "metricID")
+    g, sent = cloud.gcloud_create(cmd[1:], bad)
+    assert g.returncode != 0 or sent["unrecognized"], "gcloud took a misspelt studySpec field"
+
+
+def test_hptune_submission_goes_through_gclouds_parser(tmp_path):
+    cloud = Cloud(tmp_path, with_gcloud_code=True)
+    p = cloud.run([*BASE, "--image", IMAGE, "--job_name", "hp9", "--region", "europe-west4",
+                   "--hptune", "6", "--parallel_trials", "2", "--", "--seed", "4"])
+    assert p.returncode == 0, p.stderr
+    assert "submitted successfully" in p.stdout + p.stderr
+    (call,) = cloud.cloud_calls()
+    assert call["argv"][:3] == ["ai", "hp-tuning-jobs", "create"]
+    assert call["config"] == printed_spec(p.stdout)
+    sent = json.loads(cloud.capture.read_text())
+    assert sent["parent"] == "projects/proj-1/locations/europe-west4" and sent["unrecognized"] == []
+    assert (int(sent["job"]["maxTrialCount"]), int(sent["job"]["parallelTrialCount"])) == (6, 2)
+    (pool,) = sent["job"]["trialJobSpec"]["workerPoolSpecs"]
+    ns = task.parse_args(_trial_argv(pool["containerSpec"]["args"], {"n_embeds": "17", "num_epochs": "3"}))
+    assert (ns.seed, ns.n_embeds, ns.num_epochs, ns.hypertune_metric) == (4, 17, 3, "ndcg")
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--hptune", "0"], "--hptune must be a number of trials"),
+    (["--hptune", "x"], "--hptune must be a number of trials"),
+    (["--hptune", "3", "--parallel_trials", "4"], "--parallel_trials 4 is more than the --hptune 3 trials"),
+    (["--hptune", "3", "--parallel_trials", "0"], "--parallel_trials must be a positive integer"),
+    (["--parallel_trials", "2"], "--parallel_trials is only used with --hptune"),
+    (["--hptune_metric", "ndcg"], "--hptune_metric is only used with --hptune"),
+    (["--hptune", "3", "--hptune_metric", "auc"], "--hptune_metric must be ndcg, map, recall or precision"),
+    (["--hptune", "3", "--", "--n_embeds", "8"], "--n_embeds is searched by --hptune"),
+    (["--hptune", "3", "--", "--alpha=2"], "--alpha is searched by --hptune"),
+    (["--hptune", "3", "--", "--hypertune_metric", "ndcg"], "do not give it after --"),
+    (["--hptune", "3", "--", "--resume"], "--resume is not available with --hypertune_metric"),
+    (["--hptune", "3", "--", "--early_stopping_metric", "ndcg"], "--early_stopping_metric is not available"),
+])
+def test_hptune_bad_arguments(cloud, args, msg):
+    p = cloud.run([*BASE, "--image", IMAGE, *args])  # not a dry run
+    assert p.returncode == 2
+    line = one_line(p.stderr)
+    assert line.startswith("run_training.sh:") and msg in line, line
+    assert cloud.cloud_calls() == [] and commands(p.stdout) == []
