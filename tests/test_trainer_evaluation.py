@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 
-from tests.trainer_fixtures import cpu_only, dense_rows, random_ratings, write_dataset, write_records
+from tests.trainer_fixtures import (
+    cpu_only, random_ratings, write_dataset, write_test_split,
+)
 
 from schemas import records
 from trainer import task
@@ -383,19 +385,7 @@ def _split() -> tuple[np.ndarray, np.ndarray]:
 def add_test_split(root: pathlib.Path, test: np.ndarray, nshards: int = 2, **split) -> None:
     """Writes test_items_for_user shards (same schema as items_for_user) and names them in
     metadata.json with a split block, as the pipeline contract says."""
-    rows = dense_rows(test)
-    names = []
-    for s in range(nshards):
-        name = f"{records.TEST_ITEMS_FOR_USER}-{s:05d}-of-{nshards:05d}{records.RECORD_SUFFIX}"
-        write_records(root / name, rows[s::nshards])
-        names.append(name)
-    meta = json.loads((root / records.METADATA_FILE).read_text())
-    meta[records.TEST_ITEMS_FOR_USER] = names
-    meta["split"] = {"test_fraction": 0.2, "seed": 0, "method": "per_user_random",
-                     "test_interactions": int(np.count_nonzero(test)),
-                     "test_users": int((test != 0).any(axis=1).sum()),
-                     "test_dropped_unseen_item": 0, **split}
-    (root / records.METADATA_FILE).write_text(json.dumps(meta))
+    write_test_split(root, test, nshards, **split)
 
 
 @pytest.fixture(scope="module")

@@ -137,9 +137,10 @@ def write_dataset(
     return root
 
 
-def write_test_split(root: pathlib.Path, test: np.ndarray, nshards: int = 1) -> None:
+def write_test_split(root: pathlib.Path, test: np.ndarray, nshards: int = 1, **split) -> None:
     """Adds held-out ``test_items_for_user`` shards for ``test`` (same shape and dense IDs as
-    the training matrix) and names them in ``metadata.json`` with a ``split`` block."""
+    the training matrix) and names them in ``metadata.json`` with a ``split`` block (``split``
+    overrides or adds its keys)."""
     root = pathlib.Path(root)
     rows = dense_rows(test)
     names = []
@@ -151,7 +152,8 @@ def write_test_split(root: pathlib.Path, test: np.ndarray, nshards: int = 1) -> 
     meta[records.TEST_ITEMS_FOR_USER] = names
     meta["split"] = {"test_fraction": 0.2, "seed": 0, "method": "per_user_random",
                      "test_interactions": int(np.count_nonzero(test)),
-                     "test_users": int((test != 0).any(axis=1).sum())}
+                     "test_users": int((test != 0).any(axis=1).sum()),
+                     "test_dropped_unseen_item": 0, **split}
     (root / records.METADATA_FILE).write_text(json.dumps(meta))
 
 
