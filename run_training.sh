@@ -21,9 +21,10 @@
 # --hptune N: a Vertex AI hyperparameter tuning job instead (gcloud ai hp-tuning-jobs create,
 #     N trials, P at a time, default 1; Vertex AI's default Bayesian search) over --n_embeds,
 #     --regularization, --alpha (--unobserved_weight with --objective wals) and --num_epochs.
-#     Each trial runs the trainer with --hypertune_metric METRIC (default ndcg): it trains on
-#     the training records minus trainer.tune's validation carve-out and reports METRIC@eval_k
-#     on it; trial outputs go to OUTPUT_DIR/TRIAL_ID/model/. See docs/CLOUD.md.
+#     Each trial runs python -m trainer.hypertune --hypertune_metric METRIC (default ndcg) with
+#     the trainer flags: it trains on the training records minus trainer.tune's validation
+#     carve-out and reports METRIC@eval_k on it; trial outputs go to OUTPUT_DIR/TRIAL_ID/model/.
+#     See docs/CLOUD.md.
 # --accelerator_count 0 runs on CPU only. Bad input: one line on stderr, exit status 2.
 set -euo pipefail
 
@@ -199,10 +200,14 @@ for a in sys.argv[1:]:
         fail("an argument is not valid UTF-8")
 sys.path.insert(0, repo)
 try:
-    # standard library only (no NumPy, no TensorFlow): any python3 checks the flags
-    from trainer.flags import parse_args
+    # standard library only (no NumPy, no TensorFlow): any python3 checks the flags; a tuning
+    # trial's (trainer.hypertune) are trainer.task's plus --hypertune_metric
+    if hp_metric:
+        from trainer.hypertune import parse_args
+    else:
+        from trainer.flags import parse_args
 except Exception as e:  # noqa: BLE001 - reported in one line
-    fail(f"cannot import the trainer's flag parser from {repo}/trainer/flags.py "
+    fail(f"cannot import the trainer's flag parser from {repo}/trainer "
          f"({type(e).__name__}: {e}); set PYTHON to the project's .venv/bin/python")
 
 
@@ -220,7 +225,7 @@ except SystemExit as e:
     lines = [line for line in captured.getvalue().splitlines() if line.strip()]
     message = re.sub(r"^.*?: error: ", "", lines[-1]) if lines else f"exit status {e.code}"
     message = re.sub(r"\s*\(see --help\)$", "", message)
-    fail(f"bad trainer flags: {message} (python -m trainer.task --help lists them)")
+    fail(f"bad trainer flags: {message} (python -m {'trainer.hypertune' if hp_metric else 'trainer.task'} --help lists them)")
 except Exception as e:  # noqa: BLE001 - reported in one line
     fail(f"bad trainer flags: {type(e).__name__}: {e}")
 if ns.input_path != input_path or ns.output_dir != output_dir:
@@ -265,11 +270,15 @@ lines = ["workerPoolSpecs:", "- machineSpec:", f"    machineType: {q(machine)}"]
 if int(acc_count) > 0:
     lines += [f"    acceleratorType: {q(acc_type)}", f"    acceleratorCount: {int(acc_count)}"]
 lines.append("  replicaCount: 1")
+module = "trainer.hypertune" if hp_metric else "trainer.task"  # a tuning trial, or the trainer
 if kind == "container":
-    lines += ["  containerSpec:", f"    imageUri: {q(image)}", "    args:"]
+    lines += ["  containerSpec:", f"    imageUri: {q(image)}"]
+    if hp_metric:  # replaces the image's ENTRYPOINT (python -m trainer.task)
+        lines += ["    command:", f"    - {q('python')}", f"    - {q('-m')}", f"    - {q(module)}"]
+    lines.append("    args:")
 else:
     lines += ["  pythonPackageSpec:", f"    executorImageUri: {q(image)}", "    packageUris:",
-              f"    - {q(package_uri)}", f"    pythonModule: {q('trainer.task')}", "    args:"]
+              f"    - {q(package_uri)}", f"    pythonModule: {q(module)}", "    args:"]
 lines += [f"    - {q(a)}" for a in job_args]
 if hp_metric:
     # A HyperparameterTuningJob: studySpec (algorithm unset: Vertex AI's default, Bayesian

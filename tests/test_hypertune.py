@@ -1,4 +1,4 @@
-"""A Vertex AI hyperparameter-tuning trial (``python -m trainer.task --hypertune_metric ...``):
+"""A Vertex AI hyperparameter-tuning trial (``python -m trainer.hypertune --hypertune_metric ...``):
 the metric file it writes, and that the value is the validation metric of the factors it saved.
 
 Oracles independent of the trainer: the pipeline's own held-out rule
@@ -92,10 +92,10 @@ def data_dir(tmp_path, matrices) -> pathlib.Path:
     return root
 
 
-def _trial(args: list[str], **env: str) -> subprocess.CompletedProcess:
+def _trial(args: list[str], module: str = "trainer.hypertune", **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items()
              if k not in (hypertune.MODEL_DIR_ENV, hypertune.TRIAL_ID_ENV, hypertune.METRIC_FILE_ENV)}
-    return subprocess.run([sys.executable, "-m", "trainer.task", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
                           text=True, timeout=600, env={**clean, "CUDA_VISIBLE_DEVICES": "", **env})
 
 
@@ -131,7 +131,8 @@ def test_trial_reports_the_validation_metric_of_its_factors(tmp_path, data_dir, 
     (shard,) = data_dir.glob("test_items_for_user-*")
     shard.write_bytes(b"not a TFRecord file")
     if metric == "ndcg":  # the control: the garbage is fatal to a run that reads it
-        bad = _trial(["--input_path", str(data_dir), "--output_dir", str(tmp_path / "plain"), *TRIAL])
+        bad = _trial(["--input_path", str(data_dir), "--output_dir", str(tmp_path / "plain"), *TRIAL],
+                     module="trainer.task")
         assert bad.returncode == 2 and "test_items_for_user" in bad.stderr, bad.stderr
     metric_file = tmp_path / "hypertune" / "output.metrics"
     model_dir = tmp_path / "base" / "7" / "model"
@@ -180,21 +181,32 @@ def test_trial_without_aip_model_dir_writes_to_output_dir(tmp_path, data_dir):
 # --------------------------------------------------------------------------- refused flags
 @pytest.mark.parametrize("extra,msg", [
     (["--hypertune_metric", "auc"], "invalid choice: 'auc'"),
-    (["--hypertune_metric", "ndcg", "--resume"], "--resume is not available with --hypertune_metric"),
+    (["--hypertune_metric", "ndcg", "--resume"], "--resume is not available in a tuning trial"),
+    (["--n_embeds=0"], "--n_embeds must be >= 1"),  # trainer.task's checks apply
+    (["--regularization=-1"], "--regularization must be > 0"),
     (["--hypertune_metric", "ndcg", "--early_stopping_metric", "ndcg"], "--early_stopping_metric is not available"),
     (["--hypertune_metric", "ndcg", "--eval_every", "1"], "--eval_every is not available"),
 ])
 def test_bad_trial_flags_exit_2_in_one_line(capsys, extra, msg):
     with pytest.raises(SystemExit) as stop:
-        task.parse_args(["--input_path", "a", "--output_dir", "b", *extra])
+        hypertune.parse_args(["--input_path", "a", "--output_dir", "b", *extra])
     assert stop.value.code == 2
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert msg in line
 
 
-def test_trainer_tune_does_not_take_the_trial_flag(capsys):
+@pytest.mark.parametrize("module", ["task", "tune"])
+def test_trainer_task_and_tune_do_not_take_the_trial_flag(capsys, module):
     from trainer import tune
 
+    parse = {"task": task.parse_args, "tune": tune.parse_args}[module]
     with pytest.raises(SystemExit) as stop:
-        tune.parse_args(["--input_path", "a", "--output_dir", "b", "--hypertune_metric", "ndcg"])
+        parse(["--input_path", "a", "--output_dir", "b", "--hypertune_metric", "ndcg"])
     assert stop.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_trial_parser_takes_every_trainer_flag_and_the_default_metric():
+    ns = hypertune.parse_args(["--input_path", "a", "--output_dir", "b", "--n_embeds=12", "--alpha=3.5e1"])
+    assert (ns.hypertune_metric, ns.n_embeds, ns.alpha) == ("ndcg", 12, 35.0)
+    assert vars(task.parse_args(["--input_path", "a", "--output_dir", "b"])).keys() | {"hypertune_metric"} == \
+        vars(ns).keys()

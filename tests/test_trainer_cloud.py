@@ -814,10 +814,13 @@ def test_docs_dry_run_example_is_what_the_script_prints(cloud):
 
 
 # ------------------------------------------------------------------------------ hyperparameter tuning
+from trainer import hypertune  # noqa: E402 - the trial's parser
+
 HP = ["--hptune", "12", "--parallel_trials", "3"]
 
 
 def _hp_spec(stdout: str) -> dict:
+    """The printed HyperparameterTuningJob spec, its top-level keys checked."""
     spec = yaml.safe_load(printed_spec(stdout))
     assert list(spec) == ["maxTrialCount", "parallelTrialCount", "studySpec", "trialJobSpec"]
     return spec
@@ -864,16 +867,18 @@ def test_hptune_dry_run_prints_the_tuning_job(cloud):
     custom_pool = job_pool(yaml.safe_load(printed_spec(plain.stdout)))
     (pool,) = trial["workerPoolSpecs"]
     args = pool["containerSpec"]["args"]
+    # the image's ENTRYPOINT is trainer.task: a trial runs trainer.hypertune instead
+    assert pool["containerSpec"]["command"] == ["python", "-m", "trainer.hypertune"]
     assert args == [*custom_pool["containerSpec"]["args"][:3], "--hypertune_metric=ndcg", "--eval_k", "5"]
     assert {k: v for k, v in pool.items() if k != "containerSpec"} == {k: v for k, v in custom_pool.items() if k != "containerSpec"}
     # every parameter is a trainer flag, in the --NAME=VALUE form Vertex AI appends, at both ends
     for end in ("minValue", "maxValue"):
         values = {n: str(x.get("integerValueSpec", x.get("doubleValueSpec"))[end]) for n, x in params.items()}
-        ns = task.parse_args(_trial_argv(args, values))
+        ns = hypertune.parse_args(_trial_argv(args, values))
         assert (ns.hypertune_metric, ns.eval_k) == ("ndcg", 5)
         assert ns.n_embeds == int(values["n_embeds"]) and ns.num_epochs == int(values["num_epochs"])
         assert ns.regularization == float(values["regularization"]) and ns.alpha == float(values["alpha"])
-    assert task.parse_args(_trial_argv(args, {"regularization": "1e-01", "alpha": "2.5E+02"})).alpha == 250.0
+    assert hypertune.parse_args(_trial_argv(args, {"regularization": "1e-01", "alpha": "2.5E+02"})).alpha == 250.0
 
 
 def test_hptune_with_objective_wals_searches_the_unobserved_weight(cloud):
@@ -914,7 +919,7 @@ def test_hptune_dry_run_output_is_accepted_by_gcloud(cloud):
     assert (int(n_embeds["integerValueSpec"]["minValue"]), int(n_embeds["integerValueSpec"]["maxValue"])) == (8, 96)
     assert job["trialJobSpec"]["baseOutputDirectory"] == {"outputUriPrefix": "gs://bkt/model"}
     (pool,) = job["trialJobSpec"]["workerPoolSpecs"]
-    assert pool["containerSpec"] == {"imageUri": IMAGE, "args": [
+    assert pool["containerSpec"] == {"imageUri": IMAGE, "command": ["python", "-m", "trainer.hypertune"], "args": [
         "--input_path=gs://bkt/prep", "--output_dir=gs://bkt/model", "--no_progress", "--hypertune_metric=ndcg"]}
     # the oracle can fail: a misspelt field is refused or reported
     bad = printed_spec(p.stdout).replace("metricId", "metricID")
@@ -935,7 +940,8 @@ def test_hptune_submission_goes_through_gclouds_parser(tmp_path):
     assert sent["parent"] == "projects/proj-1/locations/europe-west4" and sent["unrecognized"] == []
     assert (int(sent["job"]["maxTrialCount"]), int(sent["job"]["parallelTrialCount"])) == (6, 2)
     (pool,) = sent["job"]["trialJobSpec"]["workerPoolSpecs"]
-    ns = task.parse_args(_trial_argv(pool["containerSpec"]["args"], {"n_embeds": "17", "num_epochs": "3"}))
+    assert pool["containerSpec"]["command"] == ["python", "-m", "trainer.hypertune"]
+    ns = hypertune.parse_args(_trial_argv(pool["containerSpec"]["args"], {"n_embeds": "17", "num_epochs": "3"}))
     assert (ns.seed, ns.n_embeds, ns.num_epochs, ns.hypertune_metric) == (4, 17, 3, "ndcg")
 
 
@@ -950,7 +956,7 @@ def test_hptune_submission_goes_through_gclouds_parser(tmp_path):
     (["--hptune", "3", "--", "--n_embeds", "8"], "--n_embeds is searched by --hptune"),
     (["--hptune", "3", "--", "--alpha=2"], "--alpha is searched by --hptune"),
     (["--hptune", "3", "--", "--hypertune_metric", "ndcg"], "do not give it after --"),
-    (["--hptune", "3", "--", "--resume"], "--resume is not available with --hypertune_metric"),
+    (["--hptune", "3", "--", "--resume"], "--resume is not available in a tuning trial"),
     (["--hptune", "3", "--", "--early_stopping_metric", "ndcg"], "--early_stopping_metric is not available"),
 ])
 def test_hptune_bad_arguments(cloud, args, msg):
@@ -959,3 +965,13 @@ def test_hptune_bad_arguments(cloud, args, msg):
     line = one_line(p.stderr)
     assert line.startswith("run_training.sh:") and msg in line, line
     assert cloud.cloud_calls() == [] and commands(p.stdout) == []
+
+
+def test_hptune_prebuilt_image_runs_the_trial_module(cloud):
+    p = cloud.run([*BASE, "--prebuilt_image", PREBUILT, "--package_uri", "gs://bkt/pkg/t.tar.gz", "--hptune", "2",
+                   "--dry_run"])
+    assert p.returncode == 0, p.stderr
+    (pool,) = _hp_spec(p.stdout)["trialJobSpec"]["workerPoolSpecs"]
+    spec = pool["pythonPackageSpec"]
+    assert spec["pythonModule"] == "trainer.hypertune" and spec["packageUris"] == ["gs://bkt/pkg/t.tar.gz"]
+    assert hypertune.parse_args(spec["args"]).hypertune_metric == "ndcg"

@@ -30,7 +30,6 @@ _RENAMED = {
 }
 # the command line's own integer flags (not the model's): smallest allowed value
 _INT_FLAGS = (("topk", 1), ("eval_k", 1), ("eval_every", 0), ("early_stopping_patience", 1))
-HYPERTUNE_METRICS = ("ndcg", "map", "recall", "precision")  # = trainer.tune.METRICS
 
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,19 +121,8 @@ def _outputs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def _trial(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("Vertex AI hyperparameter-tuning trial (run_training.sh --hptune)")
-    g.add_argument("--hypertune_metric", choices=HYPERTUNE_METRICS, default=None,
-                   help="run as one trial: train on the training records minus trainer.tune's "
-                   "validation carve-out, report METRIC@eval_k on it after the last sweep to "
-                   "$CLOUD_ML_HP_METRIC_FILE (the cloudml-hypertune format), write the factors "
-                   "and hypertune.json to $AIP_MODEL_DIR or OUTPUT_DIR; the test records are "
-                   "not read (trainer/hypertune.py)")
-
-
-def build_parser(trial: bool = False) -> argparse.ArgumentParser:
-    """The argparse parser of ``python -m trainer.task`` (unchecked values); ``trial``: with
-    ``--hypertune_metric`` (:func:`parse_args` adds it; ``trainer.tune`` does not take it)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``python -m trainer.task`` (unchecked values)."""
     p = _Parser(
         prog=PROG,
         description="Train a WALS recommender on the preprocessing output (metadata.json + "
@@ -146,8 +134,6 @@ def build_parser(trial: bool = False) -> argparse.ArgumentParser:
     )
     for group in (_paths, _model, _solver, _evaluation, _outputs):
         group(p)
-    if trial:
-        _trial(p)
     return p
 
 
@@ -155,12 +141,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line, checked before anything is read: the model's flags by the library's
     own rules (:func:`trainer.hparams.validate`), the others here; a bad value gives one line
     on stderr and exit status 2."""
-    p = build_parser(trial=True)
-    args = p.parse_args(argv)
-    if args.hypertune_metric is not None:
-        for name, off in (("resume", False), ("early_stopping_metric", None), ("eval_every", 0)):
-            if getattr(args, name) != off:
-                p.error(f"--{name} is not available with --hypertune_metric (a trial)")
+    p = build_parser()
+    return check_args(p, p.parse_args(argv))
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """:func:`parse_args`'s checks of parsed flags (``p.error`` on the first bad one); also
+    used by parsers built on :func:`build_parser` (``python -m trainer.hypertune``)."""
     for name, minimum in _INT_FLAGS:
         if getattr(args, name) < minimum:
             p.error(f"--{name} must be >= {minimum}, got {getattr(args, name)}")

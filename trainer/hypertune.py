@@ -1,5 +1,12 @@
-"""One trial of a Vertex AI hyperparameter-tuning job: ``python -m trainer.task ...
---hypertune_metric METRIC``.
+"""One trial of a Vertex AI hyperparameter-tuning job:
+
+    python -m trainer.hypertune --input_path DIR --output_dir DIR [--hypertune_metric ndcg]
+        [any trainer.task flag but --resume, --early_stopping_metric, --eval_every]
+
+(``run_training.sh --hptune`` runs it in every trial; Vertex AI appends the trial's values as
+``--n_embeds=37 --regularization=12.5 ...``, read like any flag, the last value winning.)
+A separate entry point, not a ``trainer.task`` flag: this module builds on :mod:`trainer.tune`,
+which builds on :mod:`trainer.task`, so ``trainer.task`` must not depend on it.
 
 A trial trains on the training records minus :mod:`trainer.tune`'s validation carve-out
 (:func:`trainer.tune.carve` with its defaults: fraction :data:`trainer.tune.VALIDATION_FRACTION`,
@@ -24,12 +31,12 @@ import json
 import logging
 import math
 import os
+import sys
 import time
-from typing import Any
+from typing import Any, Sequence
 
-from trainer import fileio
-from trainer.errors import TrainerInputError
-from trainer.flags import model_kwargs
+from trainer.errors import TrainerInputError, one_line
+from trainer.flags import build_parser, check_args, model_kwargs
 
 log = logging.getLogger("trainer.hypertune")
 
@@ -40,6 +47,9 @@ MODEL_DIR_ENV = "AIP_MODEL_DIR"
 SUMMARY = "hypertune.json"
 ROW_FACTORS = "row_factors.npy"  # = trainer.task's names
 COL_FACTORS = "col_factors.npy"
+PROG = "python -m trainer.hypertune"
+HYPERTUNE_METRICS = ("ndcg", "map", "recall", "precision")  # = trainer.tune.METRICS
+_REFUSED = {"resume": False, "early_stopping_metric": None, "eval_every": 0}
 
 
 def report(tag: str, value: float, global_step: int = 0, path: str | None = None,
@@ -62,6 +72,31 @@ def report(tag: str, value: float, global_step: int = 0, path: str | None = None
     return record
 
 
+def build_trial_parser() -> argparse.ArgumentParser:
+    """``trainer.task``'s parser plus ``--hypertune_metric``."""
+    p = build_parser()
+    p.prog = PROG
+    p.description = ("One Vertex AI hyperparameter-tuning trial: train on the training records "
+                     "minus trainer.tune's validation carve-out, report METRIC@eval_k on it "
+                     "(cloudml-hypertune metric file), write the factors and hypertune.json.")
+    g = p.add_argument_group("trial")
+    g.add_argument("--hypertune_metric", choices=HYPERTUNE_METRICS, default="ndcg",
+                   help="the metric reported (@--eval_k; its name is the study's metricId)")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The trial's command line: ``trainer.task``'s checks (:func:`trainer.flags.parse_args`)
+    plus the trial's; a bad flag gives one line on stderr and exit status 2. Standard library
+    only (``run_training.sh`` checks a tuning job's flags with it)."""
+    p = build_trial_parser()
+    args = p.parse_args(argv)
+    for name, off in _REFUSED.items():
+        if getattr(args, name) != off:
+            p.error(f"--{name} is not available in a tuning trial ({PROG})")
+    return check_args(p, args)  # trainer.task's checks (the model's values by the library's rules)
+
+
 def trial_output_dir(args: argparse.Namespace) -> str:
     """``$AIP_MODEL_DIR`` (one per Vertex AI trial) when set, else ``--output_dir``."""
     return os.environ.get(MODEL_DIR_ENV) or args.output_dir
@@ -71,6 +106,7 @@ def run(args: argparse.Namespace) -> dict:
     """The trial (module doc); returns what ``hypertune.json`` holds."""
     import numpy as np
 
+    from trainer import fileio
     from trainer.data import load_training_data
     from trainer.evaluation import evaluate, metric_key
     from trainer.metadata import load_metadata, read_vocabulary
@@ -128,3 +164,19 @@ def run(args: argparse.Namespace) -> dict:
     log.info("trial %s: validation %s=%.6f after %d sweeps (reported as %r); outputs in %s",
              record["trial"], key, value, sweeps, args.hypertune_metric, out)
     return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except TrainerInputError as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

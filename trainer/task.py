@@ -106,13 +106,7 @@ def run(args: argparse.Namespace) -> dict:
 
     Checks metadata.json and the vocabularies, claims ``--output_dir`` (marker + lock, held
     until the end), removes an earlier run's outputs there, then reads, trains and writes.
-    With ``--hypertune_metric`` it is one hyperparameter-tuning trial instead
-    (:func:`trainer.hypertune.run`, which returns what ``hypertune.json`` holds).
     """
-    if getattr(args, "hypertune_metric", None):  # a Vertex AI tuning trial (trainer.hypertune)
-        from trainer import hypertune
-
-        return hypertune.run(args)
     t_start = time.perf_counter()
     inputs = load(args)
     # before the long read: a second trainer on this dir stops here, at once
