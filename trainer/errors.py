@@ -1,7 +1,11 @@
 """The one exception type the trainer raises for bad input (data, metadata, flags, files)."""
 from __future__ import annotations
 
+import argparse
+import logging
 import re
+import sys
+from typing import Any, Callable, Sequence
 
 
 class TrainerInputError(ValueError):
@@ -27,3 +31,25 @@ def one_line(text: str) -> str:
         The message on a single line, stripped.
     """
     return re.sub(r"\s+", " ", text).strip()
+
+
+def run_command(
+    parse_args: Callable[[Sequence[str] | None], argparse.Namespace],
+    run: Callable[[argparse.Namespace], Any],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """The exit status of a trainer command line: parse, set up logging, run.
+
+    A :class:`TrainerInputError` becomes one ``error:`` line on stderr and status 2 (not also
+    a log record: the log goes to stderr too); flag errors exit 2 from ``parse_args`` itself.
+    Shared by ``python -m trainer.task``, ``trainer.tune`` and ``trainer.hypertune``.
+    """
+    args = parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except TrainerInputError as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    return 0

@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from trainer.errors import TrainerInputError, one_line
+from trainer.errors import TrainerInputError, run_command
 from trainer.flags import build_parser, check_args, model_kwargs
 
 log = logging.getLogger("trainer.hypertune")
@@ -167,15 +167,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        run(args)
-    except TrainerInputError as e:
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":

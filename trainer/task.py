@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from trainer import __version__, fileio
-from trainer.errors import TrainerInputError, one_line
+from trainer.errors import TrainerInputError, run_command
 from trainer.flags import BATCH_PRED, BATCH_PRED_USERS, model_kwargs, parse_args
 
 if TYPE_CHECKING:  # annotations only: --help stays cheap
@@ -87,18 +87,7 @@ class Job:
 
 # --------------------------------------------------------------------------- entry points
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        run(args)
-    except TrainerInputError as e:
-        # one line on stderr (not also a log record: the log goes to stderr too)
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(parse_args, run, argv)
 
 
 def run(args: argparse.Namespace) -> dict:

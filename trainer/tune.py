@@ -71,7 +71,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from trainer import fileio
-from trainer.errors import TrainerInputError, one_line
+from trainer.errors import TrainerInputError, run_command
 from trainer.flags import build_parser, model_kwargs
 from trainer.hparams import CHOICES, DEFAULTS, HyperparameterError, validate
 
@@ -494,15 +494,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        run(args)
-    except TrainerInputError as e:
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":
