@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.trainer_fixtures import REPO, write_dataset, write_test_split
+from tests.trainer_fixtures import REPO, taste_ratings, write_dataset, write_test_split
 from trainer import hypertune, task
 
 NUSERS, NITEMS, GROUPS, K = 120, 50, 3, 5
@@ -32,12 +32,7 @@ TRIAL = ["--num_epochs", "3", "--n_embeds", "6", "--regularization", "2.5", "--a
 def _taste_data() -> tuple[np.ndarray, np.ndarray]:
     """Training and test matrices with group structure (so the metric is not noise)."""
     rng = np.random.default_rng(5)
-    group_of_item = np.arange(NITEMS) % GROUPS
-    group_of_user = rng.integers(GROUPS, size=NUSERS)
-    p = np.where(group_of_item[None, :] == group_of_user[:, None], 0.35, 0.03)
-    observed = rng.random((NUSERS, NITEMS)) < p
-    ratings = np.where(observed, rng.uniform(0.1, 1.0, (NUSERS, NITEMS)), 0.0)
-    ratings = ratings.astype(np.float32).astype(np.float64)
+    ratings = taste_ratings(NUSERS, NITEMS, GROUPS, rng)
     test = np.zeros_like(ratings)
     for i in range(NUSERS):
         cells = np.flatnonzero(ratings[i])

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.trainer_fixtures import REPO, cpu_only, write_dataset, write_test_split
+from tests.trainer_fixtures import REPO, cpu_only, taste_ratings, write_dataset, write_test_split
 from trainer import task, tune
 
 NUSERS, NITEMS, GROUPS = 150, 60, 3
@@ -30,12 +30,7 @@ def _taste_data() -> tuple[np.ndarray, np.ndarray]:
     belongs to one of ``GROUPS`` groups and mostly reads that group's items; the test cells
     are a random fifth of each user's cells (users with 2+ cells)."""
     rng = np.random.default_rng(0)
-    group_of_item = np.arange(NITEMS) % GROUPS
-    group_of_user = rng.integers(GROUPS, size=NUSERS)
-    p = np.where(group_of_item[None, :] == group_of_user[:, None], 0.35, 0.03)
-    observed = rng.random((NUSERS, NITEMS)) < p
-    ratings = np.where(observed, rng.uniform(0.1, 1.0, (NUSERS, NITEMS)), 0.0)
-    ratings = ratings.astype(np.float32).astype(np.float64)
+    ratings = taste_ratings(NUSERS, NITEMS, GROUPS, rng)
     test = np.zeros_like(ratings)
     for i in range(NUSERS):
         cells = np.flatnonzero(ratings[i])

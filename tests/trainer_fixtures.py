@@ -225,3 +225,16 @@ def numpy_topk(scores: np.ndarray, seen: np.ndarray, n: int) -> list[list[int]]:
         order = np.argsort(-scores[i], kind="stable")
         out.append([int(j) for j in order if not seen[i, j]][:n])
     return out
+
+
+def taste_ratings(nusers: int, nitems: int, groups: int, rng: np.random.Generator) -> np.ndarray:
+    """A users × items matrix with taste structure (0 = none): item j is in group j mod
+    ``groups``, each user in a random group; a user reads each of its group's items with
+    probability 0.35 and every other item with 0.03, ratings uniform in [0.1, 1) (float32-exact).
+    Draws from ``rng``, which the caller may go on using."""
+    group_of_item = np.arange(nitems) % groups
+    group_of_user = rng.integers(groups, size=nusers)
+    p = np.where(group_of_item[None, :] == group_of_user[:, None], 0.35, 0.03)
+    observed = rng.random((nusers, nitems)) < p
+    ratings = np.where(observed, rng.uniform(0.1, 1.0, (nusers, nitems)), 0.0)
+    return ratings.astype(np.float32).astype(np.float64)
