@@ -218,6 +218,7 @@ class ParseGa4EventFn(beam.DoFn):
         self.without_item = counters.dropped("event_without_item")
         self.bad_engagement = counters.dropped("invalid_engagement_time")
         self.no_session = counters.dropped("missing_session_id")
+        self.no_visitor = counters.dropped("missing_visitor_id")
 
     def process(self, raw: bytes) -> Iterable:
         line = sources.decode_line(raw)
@@ -241,7 +242,7 @@ class ParseGa4EventFn(beam.DoFn):
             return
         visitor, problem = sources.visitor_id(event.get(self.user_field))
         if problem == "missing_visitor_id":  # normal for user_id (anonymous visits): count only
-            counters.dropped(problem).inc()
+            self.no_visitor.inc()
             return
         if problem:
             yield sources.dead_letter(problem, line)

@@ -124,15 +124,12 @@ def _describe_input(options: PreprocessOptions) -> dict:
     o = options
     items = item_source(o)
     if is_ga4(o):
-        described = {"source": "bigquery_ga4" if o.ga4_table else "ga4_json",
-                     "table": o.ga4_table, "pattern": o.input, "item_source": items,
-                     "duration": o.duration, "user_id_field": o.user_id_field,
+        described = {"item_source": items, "duration": o.duration, "user_id_field": o.user_id_field,
                      "event_names": event_names(o)}
         if o.ga4_table:
-            described.update(start_date=o.start_date, end_date=o.end_date, include_intraday=o.include_intraday)
-        else:
-            del described["table"]
-        return described
+            return {"source": "bigquery_ga4", "table": o.ga4_table, **described, "start_date": o.start_date,
+                    "end_date": o.end_date, "include_intraday": o.include_intraday}
+        return {"source": "ga4_json", "pattern": o.input, **described}
     if o.bq_table or o.query:
         return {"source": "bigquery", "table": o.bq_table, "custom_query": bool(o.query),
                 "item_source": items, "content_dimension_index": o.content_dimension_index,

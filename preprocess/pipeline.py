@@ -45,16 +45,8 @@ class PipelineHandles:
 def read_interactions(pipeline: beam.Pipeline, options: PreprocessOptions):
     """The chosen source -> (per-visitor interactions, dropped rows)."""
     o = options
-    if o.ga4_table:
-        query = ga4.build_query(o.ga4_table, item_source(o), o.duration, o.user_id_field, event_names(o),
-                                o.start_date, o.end_date, o.include_intraday)
-        read = pipeline | "ReadFromBigQuery" >> sources.ReadInteractionsFromBigQuery(query)
-        return read.interactions | "SumInteractions" >> sessionize.SumInteractions(), read[sources.DROPPED]
-    if o.bq_table or o.query:
-        query = o.query or sources.build_query(
-            o.bq_table, item_source(o), o.content_dimension_index, o.hit_type, o.start_date, o.end_date,
-            o.include_intraday,
-        )
+    if o.bq_table or o.ga4_table or o.query:
+        query = bigquery_query(o)
         read = pipeline | "ReadFromBigQuery" >> sources.ReadInteractionsFromBigQuery(query)
         return read.interactions | "SumInteractions" >> sessionize.SumInteractions(), read[sources.DROPPED]
     if o.input_format == "interactions_csv":
@@ -72,6 +64,19 @@ def read_interactions(pipeline: beam.Pipeline, options: PreprocessOptions):
             o.input, item_source(o), o.content_dimension_index, o.hit_type
         )
     return read.hits | "SessionizeHits" >> sessionize.SessionizeHits(), read[sources.DROPPED]
+
+
+def bigquery_query(options: PreprocessOptions) -> str:
+    """The standard-SQL query a BigQuery read runs: ``--query``, or the project's SQL of the
+    GA4 (``--ga4_table``) or GA360 (``--bq_table``) export filled in from the flags."""
+    o = options
+    if o.query:
+        return o.query
+    if o.ga4_table:
+        return ga4.build_query(o.ga4_table, item_source(o), o.duration, o.user_id_field, event_names(o),
+                               o.start_date, o.end_date, o.include_intraday)
+    return sources.build_query(o.bq_table, item_source(o), o.content_dimension_index, o.hit_type,
+                               o.start_date, o.end_date, o.include_intraday)
 
 
 def temp_dir(options: PreprocessOptions) -> str:
