@@ -66,7 +66,7 @@ def clear_previous_outputs(output_dir: str) -> None:
     patterns = [
         FileSystems.join(output_dir, f"{prefix}-*")
         for prefix in contract.SHARD_PREFIXES
-    ] + [FileSystems.join(output_dir, contract.METADATA_FILE)]
+    ] + [FileSystems.join(output_dir, name) for name in (contract.METADATA_FILE, contract.ITEM_DATES_FILE)]
     stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
     for folder in (contract.TRANSFORM_OUTPUT, contract.DROPPED_DIR, contract.STATS_DIR):
         path = FileSystems.join(output_dir, folder)

@@ -36,7 +36,7 @@ from typing import Any, Iterable, Optional, Sequence
 import apache_beam as beam
 
 import schemas
-from preprocess import counters, sessionize, sources
+from preprocess import counters, freshness, sessionize, sources
 from preprocess.sources import INT64_MAX
 
 SQL_FILE = "ga4_interactions.sql"
@@ -47,7 +47,8 @@ USER_FIELDS = ("user_pseudo_id", "user_id")
 NAME = re.compile(r"^[A-Za-z0-9_]+$")  # GA4 event and param names: letters, digits, underscores
 _URL_HOST = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*")
 
-# (visitor, (sessionId, event_time µs, event_name, contentId or None, engagement ms or None))
+# (visitor, (sessionId, event_time µs, event_name, contentId or None, engagement ms or None,
+#            event_date as a day number or None))
 Ga4Event = tuple
 
 
@@ -266,22 +267,32 @@ class ParseGa4EventFn(beam.DoFn):
             yield sources.dead_letter("invalid_engagement_time", line)
             return
         name = name if isinstance(name, str) else json.dumps(name)
+        day = freshness.parse_day(event.get("event_date"))
         for raw_item in raw_items:
             item, problem = sources.content_id(raw_item)
             if problem:  # the event still ends the previous event's time (next_event)
                 yield sources.dead_letter(problem, line)
             if item is None:
                 self.without_item.inc()
-            yield visitor, (session, time, name, item, engagement)
+            yield visitor, (session, time, name, item, engagement, day)
 
 
 class _VisitorTimeFn(beam.DoFn):
-    """A visitor's grouped Ga4Event rows -> their time on items; the counters both rules keep."""
+    """A visitor's grouped Ga4Event rows -> their time on items; the counters both rules keep,
+    and the items' date ranges (``freshness.SEEN``: every row of the item, its event_date)."""
 
     def __init__(self) -> None:
         self.sessions = counters.counter("sessions")
         self.nonpositive = counters.dropped("nonpositive_duration")
         self.overflow = counters.dropped("duration_overflow")
+
+    @staticmethod
+    def date_ranges(rows: Iterable[tuple]) -> dict:
+        ranges: dict = {}
+        for _, _, _, item, _, day in rows:
+            if item is not None and day is not None:
+                freshness.widen(ranges, item, day, day)
+        return ranges
 
 
 class EngagementTimeFn(_VisitorTimeFn):
@@ -289,7 +300,8 @@ class EngagementTimeFn(_VisitorTimeFn):
 
     def process(self, element) -> Iterable[sessionize.VisitorInteractions]:
         visitor, rows = element
-        distinct = set(rows)
+        rows = list(rows)
+        distinct = {row[:5] for row in rows}  # an event is not its date: duplicates count once
         self.sessions.inc(len({row[0] for row in distinct}))
         totals: dict = defaultdict(int)
         for _, _, _, item, engagement in distinct:
@@ -298,6 +310,7 @@ class EngagementTimeFn(_VisitorTimeFn):
         kept = sessionize.positive_items(totals, self.nonpositive, self.overflow)
         if kept:
             yield visitor, kept
+            yield freshness.seen_output(visitor, kept, self.date_ranges(rows))
 
 
 class NextEventTimeFn(_VisitorTimeFn):
@@ -305,8 +318,9 @@ class NextEventTimeFn(_VisitorTimeFn):
 
     def process(self, element) -> Iterable[sessionize.VisitorInteractions]:
         visitor, rows = element
+        rows = list(rows)
         sessions: dict = defaultdict(list)
-        for session, time, _, item, _ in rows:
+        for session, time, _, item, _, _ in rows:
             sessions[session].append((time, item))
         self.sessions.inc(len(sessions))
         totals: dict = defaultdict(int)  # microseconds, exact integers until the final division
@@ -316,6 +330,7 @@ class NextEventTimeFn(_VisitorTimeFn):
         kept = sessionize.positive_items(totals, self.nonpositive, self.overflow)
         if kept:
             yield visitor, tuple((item, gap / 1000) for item, gap in kept)
+            yield freshness.seen_output(visitor, kept, self.date_ranges(rows))
 
 
 class ReadGa4Events(beam.PTransform):
@@ -336,7 +351,8 @@ class ReadGa4Events(beam.PTransform):
 
 
 class TimeOnItems(beam.PTransform):
-    """Ga4Event rows keyed by visitor -> one VisitorInteractions per visitor."""
+    """Ga4Event rows keyed by visitor -> one VisitorInteractions per visitor (``.interactions``)
+    and its items' date ranges (``[freshness.SEEN]``)."""
 
     def __init__(self, duration: str) -> None:
         super().__init__()
@@ -349,5 +365,5 @@ class TimeOnItems(beam.PTransform):
         return (
             events
             | "GroupByVisitor" >> beam.GroupByKey()
-            | "SumPerItem" >> beam.ParDo(per_visitor)
+            | "SumPerItem" >> beam.ParDo(per_visitor).with_outputs(freshness.SEEN, main="interactions")
         )

@@ -15,10 +15,10 @@ from typing import Optional
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from preprocess import counters, split
+from preprocess import counters, freshness, split
 from preprocess.options import PreprocessOptions, event_names, is_ga4, item_source
 from schemas import contract
-from schemas.contract import MetadataKey as K, RatingKey, SplitKey
+from schemas.contract import DatesKey, MetadataKey as K, RatingKey, SplitKey
 
 
 class NoInteractionsError(RuntimeError):
@@ -80,6 +80,7 @@ def build_metadata(result, options: PreprocessOptions) -> dict:
     user_vocab = contract.USER_VOCABULARY_PATH
     item_vocab = contract.ITEM_VOCABULARY_PATH
     nusers = count_lines(FileSystems.join(out, user_vocab))
+    nitems = count_lines(FileSystems.join(out, item_vocab))
     if values.get("user_records", 0) != nusers:  # the no-shuffle write of records.py relies on it
         raise RuntimeError(
             f"{values.get('user_records', 0)} items_for_user records for {nusers} users: a user's "
@@ -88,7 +89,7 @@ def build_metadata(result, options: PreprocessOptions) -> dict:
     return {
         K.FORMAT_VERSION: contract.FORMAT_VERSION,
         K.NUSERS: nusers,
-        K.NITEMS: count_lines(FileSystems.join(out, item_vocab)),
+        K.NITEMS: nitems,
         K.NINTERACTIONS: ninteractions,
         K.MEDIAN_DURATION: median,
         K.RATING: {
@@ -117,6 +118,37 @@ def build_metadata(result, options: PreprocessOptions) -> dict:
         K.SESSIONS: values.get("sessions", 0),
         K.EVENTS: values.get("events", 0),
         K.INPUT: _describe_input(options),
+        K.DATES: dates_block(options, nitems),
+    }
+
+
+def dates_block(options: PreprocessOptions, nitems: int) -> dict:
+    """The ``dates`` object (``contract.DatesKey``) from ``item_dates.tsv``: whether the items
+    have dates, from which column, and the training data's oldest and newest date. A source
+    with a date column whose rows held no valid date has none: its empty table is removed."""
+    source, reason = freshness.date_source(options)
+    none = {DatesKey.AVAILABLE: False, DatesKey.ITEM_DATES: None, DatesKey.OLDEST: None,
+            DatesKey.NEWEST: None, DatesKey.ITEMS_WITH_DATES: 0}
+    if source is None:
+        return {**none, DatesKey.SOURCE: reason}
+    path = FileSystems.join(options.output_dir, contract.ITEM_DATES_FILE)
+    lines = _read(path).decode("utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != nitems:  # the table is written from the vocabulary itself
+        raise RuntimeError(f"{path} has {len(lines)} lines for {nitems} items.")
+    dated = [line.split("\t")[1:] for line in lines]
+    dated = [(first, last) for first, last in dated if first]
+    if not dated:
+        FileSystems.delete([path])
+        return {**none, DatesKey.SOURCE: f"{source}: no training interaction has a valid date"}
+    return {
+        DatesKey.AVAILABLE: True,
+        DatesKey.SOURCE: source,
+        DatesKey.ITEM_DATES: contract.ITEM_DATES_FILE,
+        DatesKey.OLDEST: min(first for first, _ in dated),  # YYYY-MM-DD sorts as dates do
+        DatesKey.NEWEST: max(last for _, last in dated),
+        DatesKey.ITEMS_WITH_DATES: len(dated),
     }
 
 
@@ -166,6 +198,13 @@ def log_summary(metadata: dict) -> None:
             held_out[SplitKey.TEST_INTERACTIONS], held_out[SplitKey.TEST_USERS],
             held_out[SplitKey.TEST_FRACTION], held_out[SplitKey.SEED],
         )
+    dates = metadata[K.DATES]
+    if dates[DatesKey.AVAILABLE]:
+        logging.info("Item dates: %d of %d items seen from %s to %s (%s).",
+                     dates[DatesKey.ITEMS_WITH_DATES], metadata[K.NITEMS], dates[DatesKey.OLDEST],
+                     dates[DatesKey.NEWEST], dates[DatesKey.SOURCE])
+    else:
+        logging.info("No item dates: %s.", dates[DatesKey.SOURCE])
     if dropped:
         logging.info(
             "Dropped %d rows/hits: %s", sum(dropped.values()),

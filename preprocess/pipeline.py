@@ -12,6 +12,8 @@
                           ├─► items_for_user-*.tfrecord       (training, grouped by user)
                           ├─► test_items_for_user-*.tfrecord  (held out, grouped by user)
                           └─► transform_output/ (transform_fn + vocabularies)
+    per visitor: (item, first day, last day)... (the readers' SEEN output, sources with dates)
+        └─► WriteItemDates (training rows, min/max per item) ─► item_dates.tsv (vocabulary order)
     dropped rows ─► dropped/rows-*.jsonl             (dead letters, with the reason)
 
 ``metadata.json`` is written by the launcher (``preprocess.__main__``) once the job is done,
@@ -27,7 +29,7 @@ import tensorflow_transform.beam as tft_beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-from preprocess import ga4, rating, records, sessionize, sources, split, transform
+from preprocess import freshness, ga4, rating, records, sessionize, sources, split, transform
 from preprocess.options import PreprocessOptions, event_names, item_source
 from schemas.contract import DROPPED_DIR, MEDIAN_FILE, STATS_DIR, TRANSFORM_OUTPUT  # output layout
 
@@ -37,33 +39,36 @@ class PipelineHandles:
     """The PCollections a caller (or a test) may want to look at."""
 
     interactions: beam.PCollection  # (visitorId, ((contentId, session_duration), ...))
+    seen: beam.PCollection  # (visitorId, ((contentId, first_day, last_day), ...)), same items
     median: beam.PCollection  # one float
     dense_batches: beam.PCollection  # (userIds, itemIds, ratings, heldOut) NumPy arrays
     dropped: beam.PCollection  # JSON text of dead-lettered rows
 
 
 def read_interactions(pipeline: beam.Pipeline, options: PreprocessOptions):
-    """The chosen source -> (per-visitor interactions, dropped rows)."""
+    """The chosen source -> (per-visitor interactions, their items' date ranges, dropped rows)."""
     o = options
     if o.bq_table or o.ga4_table or o.query:
         query = bigquery_query(o)
         read = pipeline | "ReadFromBigQuery" >> sources.ReadInteractionsFromBigQuery(query)
-        return read.interactions | "SumInteractions" >> sessionize.SumInteractions(), read[sources.DROPPED]
-    if o.input_format == "interactions_csv":
+        per_visitor = read.interactions | "SumInteractions" >> sessionize.SumInteractions()
+    elif o.input_format == "interactions_csv":
         read = pipeline | "ReadInteractionsCsv" >> sources.ReadInteractionsCsv(o.input)
-        return read.interactions | "SumInteractions" >> sessionize.SumInteractions(), read[sources.DROPPED]
-    if o.input_format == "ga4_json":
+        per_visitor = read.interactions | "SumInteractions" >> sessionize.SumInteractions()
+    elif o.input_format == "ga4_json":
         read = pipeline | "ReadGa4Events" >> ga4.ReadGa4Events(
             o.input, item_source(o), o.duration, o.user_id_field, event_names(o)
         )
-        return read.events | "TimeOnItems" >> ga4.TimeOnItems(o.duration), read[sources.DROPPED]
-    if o.input_format == "hits_csv":
-        read = pipeline | "ReadHitsCsv" >> sources.ReadHitsCsv(o.input, o.item_field)
+        per_visitor = read.events | "TimeOnItems" >> ga4.TimeOnItems(o.duration)
     else:
-        read = pipeline | "ReadGaSessions" >> sources.ReadGaSessions(
-            o.input, item_source(o), o.content_dimension_index, o.hit_type
-        )
-    return read.hits | "SessionizeHits" >> sessionize.SessionizeHits(), read[sources.DROPPED]
+        if o.input_format == "hits_csv":
+            read = pipeline | "ReadHitsCsv" >> sources.ReadHitsCsv(o.input, o.item_field)
+        else:
+            read = pipeline | "ReadGaSessions" >> sources.ReadGaSessions(
+                o.input, item_source(o), o.content_dimension_index, o.hit_type
+            )
+        per_visitor = read.hits | "SessionizeHits" >> sessionize.SessionizeHits()
+    return per_visitor.interactions, per_visitor[freshness.SEEN], read[sources.DROPPED]
 
 
 def bigquery_query(options: PreprocessOptions) -> str:
@@ -88,7 +93,7 @@ def temp_dir(options: PreprocessOptions) -> str:
 def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> PipelineHandles:
     """Adds the whole preprocessing graph to ``pipeline``."""
     out = options.output_dir
-    interactions, dropped = read_interactions(pipeline, options)
+    interactions, seen, dropped = read_interactions(pipeline, options)
 
     median = interactions | "MedianDuration" >> rating.MedianDuration()
     ratings = interactions | "ScaleToRatings" >> rating.ScaleToRatings(
@@ -104,6 +109,10 @@ def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> Pipel
     _ = dense_batches | "WriteRecords" >> records.WriteInteractionRecords(
         out, options.num_shards, write_test=options.test_fraction > 0
     )
+    if freshness.date_source(options)[0] is not None:
+        _ = seen | "WriteItemDates" >> freshness.WriteItemDates(
+            out, transform_fn, options.test_fraction, options.split_seed
+        )
 
     _ = (
         median
@@ -114,4 +123,4 @@ def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> Pipel
     _ = dropped | "WriteDeadLetters" >> beam.io.WriteToText(
         FileSystems.join(out, DROPPED_DIR, "rows"), file_name_suffix=".jsonl"
     )
-    return PipelineHandles(interactions, median, dense_batches, dropped)
+    return PipelineHandles(interactions, seen, median, dense_batches, dropped)

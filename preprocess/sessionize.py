@@ -9,7 +9,9 @@ Finally ``session_duration(visitor, item) = sum of credits over all sessions``, 
 
 Everything is grouped by visitor once (one GroupByKey), so a visitor's sessions, their
 durations and the sum over sessions are computed in one place, without a second shuffle.
-The output element is ``(visitorId, ((contentId, session_duration), ...))``.
+The output element is ``(visitorId, ((contentId, session_duration), ...))``; the tagged
+output ``freshness.SEEN`` holds, for the same items, the first and last date of the visitor's
+hits on each (a session fragment's day; the SQL's ``first_date`` / ``last_date``).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Iterable
 
 import apache_beam as beam
 
-from preprocess import counters
+from preprocess import counters, freshness
 
 VisitorInteractions = tuple  # (visitorId, ((contentId, session_duration), ...)) sorted by contentId
 
@@ -53,7 +55,8 @@ def positive_items(durations: dict, nonpositive_counter, overflow_counter) -> tu
 
 
 class VisitorDurationsFn(beam.DoFn):
-    """(visitor, [(visit, hits), ...]) -> (visitor, ((item, duration), ...)) over all sessions."""
+    """(visitor, [(visit, hits, day), ...]) -> (visitor, ((item, duration), ...)) over all
+    sessions, and the items' date ranges (``freshness.SEEN``)."""
 
     def __init__(self) -> None:
         self.without_item = counters.dropped("hit_without_item")
@@ -64,8 +67,13 @@ class VisitorDurationsFn(beam.DoFn):
     def process(self, element) -> Iterable[VisitorInteractions]:
         visitor, fragments = element
         sessions: dict = defaultdict(list)
-        for visit, hits in fragments:  # a session may arrive in several fragments (rows)
+        ranges: dict = {}
+        for visit, hits, day in fragments:  # a session may arrive in several fragments (rows)
             sessions[visit].extend(hits)
+            if day is not None:  # the fragment's (row's) own date
+                for _, item in hits:
+                    if item is not None:
+                        freshness.widen(ranges, item, day, day)
         self.sessions.inc(len(sessions))
         totals: dict = defaultdict(int)
         for hits in sessions.values():
@@ -77,10 +85,12 @@ class VisitorDurationsFn(beam.DoFn):
         kept = positive_items(totals, self.nonpositive, self.overflow)
         if kept:
             yield visitor, kept
+            yield freshness.seen_output(visitor, kept, ranges)
 
 
 class SumVisitorInteractionsFn(beam.DoFn):
-    """(visitor, [(item, duration), ...]) -> (visitor, ((item, summed duration), ...))."""
+    """(visitor, [(item, duration, first_day, last_day), ...]) -> (visitor, ((item, summed
+    duration), ...)), and the items' date ranges (``freshness.SEEN``)."""
 
     def __init__(self) -> None:
         self.nonpositive = counters.dropped("nonpositive_duration")
@@ -89,30 +99,35 @@ class SumVisitorInteractionsFn(beam.DoFn):
     def process(self, element) -> Iterable[VisitorInteractions]:
         visitor, rows = element
         totals: dict = defaultdict(float)
-        for item, duration in rows:
+        ranges: dict = {}
+        for item, duration, first, last in rows:
             totals[item] += duration
+            freshness.widen(ranges, item, first, last)
         kept = positive_items(totals, self.nonpositive, self.overflow)
         if kept:
             yield visitor, kept
+            yield freshness.seen_output(visitor, kept, ranges)
 
 
 class SessionizeHits(beam.PTransform):
-    """Session hits keyed by visitor -> one VisitorInteractions per visitor."""
+    """Session hits keyed by visitor -> one VisitorInteractions per visitor (``.interactions``)
+    and its items' date ranges (``[freshness.SEEN]``)."""
 
     def expand(self, session_hits):
         return (
             session_hits
             | "GroupByVisitor" >> beam.GroupByKey()
-            | "TimeOnItems" >> beam.ParDo(VisitorDurationsFn())
+            | "TimeOnItems" >> beam.ParDo(VisitorDurationsFn()).with_outputs(freshness.SEEN, main="interactions")
         )
 
 
 class SumInteractions(beam.PTransform):
-    """(visitor, (item, duration)) rows -> one VisitorInteractions per visitor (sums > 0)."""
+    """(visitor, (item, duration, first_day, last_day)) rows -> one VisitorInteractions per
+    visitor, sums > 0 (``.interactions``), and the items' date ranges (``[freshness.SEEN]``)."""
 
     def expand(self, interactions):
         return (
             interactions
             | "GroupByVisitor" >> beam.GroupByKey()
-            | "SumPerItem" >> beam.ParDo(SumVisitorInteractionsFn())
+            | "SumPerItem" >> beam.ParDo(SumVisitorInteractionsFn()).with_outputs(freshness.SEEN, main="interactions")
         )

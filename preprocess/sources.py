@@ -3,9 +3,11 @@
 Two element shapes leave this module, both keyed by visitor so that one GroupByKey brings
 all of a visitor's data together (plain tuples: they are cheap to encode in Beam):
 
-* **session hits**: ``(visitorId, (visitNumber, ((time, contentId or None), ...)))``, ready
-  for ``sessionize.SessionizeHits``;
-* an **interaction**: ``(visitorId, (contentId, session_duration))``, what the SQL returns.
+* **session hits**: ``(visitorId, (visitNumber, ((time, contentId or None), ...), day))``,
+  ready for ``sessionize.SessionizeHits`` (``day``: the row's date as a day number,
+  ``freshness.parse_day``, or None);
+* an **interaction**: ``(visitorId, (contentId, session_duration, first_day, last_day))``,
+  what the SQL returns (the days None when the row has no dates).
 
 Rows that cannot be used are counted (``counters.DROP_REASONS``) and, when the row itself is
 malformed, also sent to the ``dropped`` output as JSON text so a user can look at them.
@@ -28,14 +30,15 @@ from apache_beam import coders
 from apache_beam.io.filesystems import FileSystems
 
 import schemas
-from preprocess import counters, ids
+from preprocess import counters, freshness, ids
 from schemas import contract
 
 DROPPED = "dropped"
 SQL_FILE = "ga360_interactions.sql"
 
-SessionHits = tuple  # (visitorId, (visitNumber, ((time, contentId or None), ...)))
-Interaction = tuple  # (visitorId, (contentId, session_duration))
+SessionHits = tuple  # (visitorId, (visitNumber, ((time, contentId or None), ...), day or None))
+Interaction = tuple  # (visitorId, (contentId, session_duration, first_day or None, last_day or None))
+DATE_COLUMN = "date"  # the GA360 session column, and the optional column of a hits CSV
 
 
 # --------------------------------------------------------------------------- BigQuery / SQL
@@ -322,7 +325,7 @@ class ParseGaSessionFn(beam.DoFn):
                     yield dead_letter(problem, {"fullVisitorId": visitor, "hit": hit})
                 session_hits.append((time, item))
         if session_hits:
-            yield visitor, (visit, tuple(session_hits))
+            yield visitor, (visit, tuple(session_hits), freshness.parse_day(session.get(DATE_COLUMN)))
 
 
 class ReadGaSessions(beam.PTransform):
@@ -405,12 +408,14 @@ def column_positions(header: Sequence[str], needed: Sequence[str], pattern: str)
 
 
 class ParseHitsCsvFn(beam.DoFn):
-    """One hits_csv row -> a one-hit session fragment keyed by visitor."""
+    """One hits_csv row -> a one-hit session fragment keyed by visitor (dated when the header
+    has a ``date`` column: ``YYYYMMDD`` or ``YYYY-MM-DD``)."""
 
     def __init__(self, header: Sequence[str], item_field: str) -> None:
         self.width = len(header)
         self.pos = column_positions(header, ["fullVisitorId", "visitNumber", "time", item_field], "hits_csv")
         self.item_field = item_field
+        self.date_pos = header.index(DATE_COLUMN) if DATE_COLUMN in header else None
 
     def process(self, raw: bytes) -> Iterable:
         line = decode_line(raw)
@@ -438,17 +443,24 @@ class ParseHitsCsvFn(beam.DoFn):
         item, problem = content_id(row[self.pos[self.item_field]])
         if problem:
             yield dead_letter(problem, line)
-        yield visitor, (visit, ((time, item),))
+        day = None if self.date_pos is None else freshness.parse_day(row[self.date_pos])
+        yield visitor, (visit, ((time, item),), day)
 
 
 class ParseInteractionFn(beam.DoFn):
-    """A (visitorId, contentId, session_duration) row, from CSV text or a BigQuery dict."""
+    """A (visitorId, contentId, session_duration[, first_date, last_date]) row, from CSV text
+    or a BigQuery dict. The dates are read when present (both, or they count as none)."""
 
-    COLUMNS = contract.INTERACTION_COLUMNS  # what the SQL returns, an interactions_csv's header
+    COLUMNS = contract.INTERACTION_COLUMNS  # required: what the SQL returns, an interactions_csv's header
+    DATE_COLUMNS = contract.DATE_COLUMNS  # optional: the SQL returns them too
 
     def __init__(self, header: Optional[Sequence[str]] = None) -> None:
         self.width = len(header) if header else None
         self.pos = column_positions(header, self.COLUMNS, "interactions_csv") if header else None
+        self.date_pos = (
+            [header.index(c) for c in self.DATE_COLUMNS]
+            if header and all(c in header for c in self.DATE_COLUMNS) else None
+        )
 
     def process(self, element: Any) -> Iterable:
         if isinstance(element, bytes):
@@ -465,8 +477,10 @@ class ParseInteractionFn(beam.DoFn):
                 yield dead_letter("malformed_csv", element)
                 return
             visitor_raw, content_raw, duration_raw = (row[self.pos[c]] for c in self.COLUMNS)
+            dates_raw = [row[i] for i in self.date_pos] if self.date_pos else [None, None]
         else:
             visitor_raw, content_raw, duration_raw = (element.get(c) for c in self.COLUMNS)
+            dates_raw = [element.get(c) for c in self.DATE_COLUMNS]
         visitor, problem = visitor_id(visitor_raw)
         if problem:
             yield dead_letter(problem, element)
@@ -482,7 +496,10 @@ class ParseInteractionFn(beam.DoFn):
         if duration is None:
             yield dead_letter("invalid_duration", element)
             return
-        yield visitor, (content, duration)
+        first, last = (freshness.parse_day(d) for d in dates_raw)
+        if first is None or last is None or first > last:
+            first = last = None  # a partial or reversed range is no date
+        yield visitor, (content, duration, first, last)
 
 
 def _finite_number(value: Any) -> Optional[float]:

@@ -62,6 +62,19 @@ VISITOR_ID: Final = "visitorId"
 CONTENT_ID: Final = "contentId"
 SESSION_DURATION: Final = "session_duration"  # ms in the SQL; ratings use only its ratio to the median
 INTERACTION_COLUMNS: Final = (VISITOR_ID, CONTENT_ID, SESSION_DURATION)
+# The pair's first and last date (the export's own day column, ``YYYYMMDD`` text, in the
+# property's time zone): the project's SQL returns them; an interactions_csv may (both or none).
+FIRST_DATE: Final = "first_date"
+LAST_DATE: Final = "last_date"
+DATE_COLUMNS: Final = (FIRST_DATE, LAST_DATE)
+SQL_COLUMNS: Final = INTERACTION_COLUMNS + DATE_COLUMNS  # what schemas/*_interactions.sql return
+
+# --------------------------------------------------------------------------- item freshness
+# Line i of ITEM_DATES_FILE: ``contentId<TAB>first_seen<TAB>last_seen`` of dense item i (the
+# contentId is line i of the item vocabulary; dates ``YYYY-MM-DD``, both empty when none of
+# the item's training interactions had a date). Written only when the source has dates.
+ITEM_DATES_FILE: Final = "item_dates.tsv"
+DATE_FORMAT: Final = "%Y-%m-%d"  # dates in ITEM_DATES_FILE and the metadata's dates block
 
 # --------------------------------------------------------------------------- metadata.json keys
 
@@ -89,6 +102,7 @@ class MetadataKey:
     SESSIONS: Final = "sessions"
     EVENTS: Final = "events"
     INPUT: Final = "input"
+    DATES: Final = "dates"  # item freshness (DatesKey); absent in outputs that predate it
 
 
 class RatingKey:
@@ -111,6 +125,17 @@ class SplitKey:
     TEST_DROPPED_UNSEEN_ITEM: Final = "test_dropped_unseen_item"
 
 
+class DatesKey:
+    """Keys of the ``dates`` object: whether the training data has dates, and their range."""
+
+    AVAILABLE: Final = "available"  # bool: the items carry first/last seen dates
+    SOURCE: Final = "source"  # the column the dates come from, or why there are none
+    ITEM_DATES: Final = "item_dates"  # ITEM_DATES_FILE (relative path), or null
+    OLDEST: Final = "oldest_date"  # YYYY-MM-DD: the earliest date of a training interaction
+    NEWEST: Final = "newest_date"  # YYYY-MM-DD: the latest one (max_age_days counts back from it)
+    ITEMS_WITH_DATES: Final = "items_with_dates"  # items of the vocabulary that have dates
+
+
 K = MetadataKey
 METADATA_TYPES: Final[dict[str, type | tuple[type, ...]]] = {
     K.FORMAT_VERSION: int,
@@ -131,6 +156,7 @@ METADATA_TYPES: Final[dict[str, type | tuple[type, ...]]] = {
     K.SESSIONS: int,
     K.EVENTS: int,
     K.INPUT: dict,  # how the input was read
+    K.DATES: dict,  # DatesKey
 }
 """Every key ``python -m preprocess`` writes, with the JSON type of its value."""
 
@@ -147,5 +173,9 @@ RATING_KEYS: Final = frozenset({RatingKey.SCALE, RatingKey.CAP, RatingKey.FORMUL
 SPLIT_KEYS: Final = frozenset({
     SplitKey.TEST_FRACTION, SplitKey.SEED, SplitKey.METHOD, SplitKey.HELD_OUT_INTERACTIONS,
     SplitKey.TEST_INTERACTIONS, SplitKey.TEST_USERS, SplitKey.TEST_DROPPED_UNSEEN_ITEM,
+})
+DATES_KEYS: Final = frozenset({
+    DatesKey.AVAILABLE, DatesKey.SOURCE, DatesKey.ITEM_DATES, DatesKey.OLDEST, DatesKey.NEWEST,
+    DatesKey.ITEMS_WITH_DATES,
 })
 del K

@@ -16,6 +16,10 @@
 -- (visitor, ga_session_id); events without visitor, session or a valid timestamp are left
 -- out, as the Beam reader counts and drops them. Duplicate events (same visitor, session,
 -- timestamp, name, item and engagement time) count once.
+--
+-- first_date / last_date: the earliest and latest `event_date` (YYYYMMDD, the export's own
+-- day in the property's reporting time zone) of the visitor's valid events on the item
+-- (engagement_time: those whose engagement time counts); NULL when none has an 8-digit date.
 WITH events AS (
   SELECT
     {visitor} AS visitorId,
@@ -23,16 +27,28 @@ WITH events AS (
     e.event_timestamp AS event_time,
     e.event_name AS event_name,
     {item} AS contentId,
-    (SELECT MAX(p.value.int_value) FROM UNNEST(e.event_params) AS p WHERE p.key = 'engagement_time_msec') AS engagement
+    (SELECT MAX(p.value.int_value) FROM UNNEST(e.event_params) AS p WHERE p.key = 'engagement_time_msec') AS engagement,
+    NULLIF(REGEXP_EXTRACT(e.event_date, '^[0-9]{{8}}$'), '') AS event_date
   FROM {table} AS e {item_join}
   WHERE {table_filter} AND {event_filter}
 ),
-valid_events AS (
-  SELECT DISTINCT visitorId, sessionId, event_time, event_name, contentId, engagement
+valid_dated_events AS (
+  SELECT *
   FROM events
   WHERE visitorId IS NOT NULL AND TRIM(visitorId) != ''
     AND sessionId IS NOT NULL
     AND event_time IS NOT NULL AND event_time >= 0
+),
+valid_events AS (
+  SELECT DISTINCT visitorId, sessionId, event_time, event_name, contentId, engagement
+  FROM valid_dated_events
+),
+seen_dates AS (
+  SELECT visitorId, contentId, MIN(event_date) AS first_date, MAX(event_date) AS last_date
+  FROM valid_dated_events
+  WHERE contentId IS NOT NULL
+    AND ('{duration}' = 'next_event' OR engagement IS NULL OR engagement >= 0)
+  GROUP BY visitorId, contentId
 ),
 -- engagement_time: GA4's own measure, the sum of the engagement_time_msec param over the
 -- item's events (events without it add nothing; events with a negative one are left out).
@@ -66,4 +82,6 @@ next_event_durations AS (
   GROUP BY i.visitorId, i.contentId
   HAVING SUM(g.gap) > 0
 )
-SELECT visitorId, contentId, session_duration FROM {duration}_durations
+SELECT d.visitorId, d.contentId, d.session_duration, sd.first_date, sd.last_date
+FROM {duration}_durations AS d
+JOIN seen_dates AS sd ON d.visitorId = sd.visitorId AND d.contentId = sd.contentId

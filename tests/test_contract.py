@@ -71,6 +71,7 @@ def test_preprocess_writes_exactly_the_contract_keys(tiny_output):
         assert isinstance(meta[key], kind) and not isinstance(meta[key], bool), (key, meta[key])
     assert set(meta[K.RATING]) == contract.RATING_KEYS
     assert set(meta[K.SPLIT]) == contract.SPLIT_KEYS
+    assert set(meta[K.DATES]) == contract.DATES_KEYS
     assert meta[K.FORMAT_VERSION] == contract.FORMAT_VERSION
     assert meta[K.RECORD_COMPRESSION] == contract.RECORD_COMPRESSION
     assert meta[K.RATING][contract.RatingKey.FORMULA] == contract.RATING_FORMULA
@@ -79,7 +80,7 @@ def test_preprocess_writes_exactly_the_contract_keys(tiny_output):
 
 def test_metadata_md_describes_every_key():
     text = (REPO / "schemas" / "metadata.md").read_text(encoding="utf-8")
-    for key in contract.WRITTEN_KEYS | contract.RATING_KEYS | contract.SPLIT_KEYS:
+    for key in contract.WRITTEN_KEYS | contract.RATING_KEYS | contract.SPLIT_KEYS | contract.DATES_KEYS:
         assert f'"{key}":' in text, key
 
 
@@ -131,7 +132,8 @@ def test_readers_and_other_writers_use_the_contract_names():
 
 def test_the_sql_returns_the_interaction_columns(tmp_path):
     """Both BigQuery queries, run by DuckDB on a small sample, return exactly the columns the
-    pipeline's BigQuery reader and the interactions_csv reader take."""
+    pipeline's BigQuery reader and the interactions_csv reader take (the interaction columns,
+    then the optional date columns)."""
     import duckdb
 
     from preprocess import ga4, sources
@@ -145,11 +147,11 @@ def test_the_sql_returns_the_interaction_columns(tmp_path):
     con = duckdb.connect()
     ga360 = write_sample(str(tmp_path / "ga360.json"), n_visitors=20)
     table = f"read_json('{ga360}', format='newline_delimited')"
-    assert columns(sources.build_query(table)) == contract.INTERACTION_COLUMNS
+    assert columns(sources.build_query(table)) == contract.SQL_COLUMNS
     events = write_sample(str(tmp_path / "ga4.json"), n_visitors=20, schema="ga4")
     table = f"read_json('{events}', format='newline_delimited')"
     for duration in ga4.DURATIONS:
-        assert columns(ga4.build_query(table, duration=duration)) == contract.INTERACTION_COLUMNS
+        assert columns(ga4.build_query(table, duration=duration)) == contract.SQL_COLUMNS
 
 
 def test_other_writers_write_a_subset_the_trainer_reads(tmp_path):

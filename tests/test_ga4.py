@@ -21,7 +21,7 @@ from tests.pipelines import SHARED_DATA, find_bigquery_reads, offline_flags, req
 SHARED_GA4 = SHARED_DATA / "ga4_events_sample.ndjson"
 # The export schema's types, as BigQuery holds them (INT64 given as JSON strings load as INT64).
 DUCKDB_COLUMNS = {
-    "event_timestamp": "BIGINT", "event_name": "VARCHAR", "user_pseudo_id": "VARCHAR", "user_id": "VARCHAR",
+    "event_date": "VARCHAR", "event_timestamp": "BIGINT", "event_name": "VARCHAR", "user_pseudo_id": "VARCHAR", "user_id": "VARCHAR",
     "event_params": "STRUCT(key VARCHAR, value STRUCT(string_value VARCHAR, int_value BIGINT, "
                     "float_value DOUBLE, double_value DOUBLE))[]",
     "items": "STRUCT(item_id VARCHAR)[]",
@@ -57,7 +57,7 @@ def beam_rows(path, configs, tmp_path) -> list[pd.DataFrame]:
     with beam.Pipeline("FnApiRunner") as p:
         for i, (item_source, duration, user_field, names) in enumerate(configs):
             read = p | f"Read{i}" >> ga4.ReadGa4Events(str(path), item_source, duration, user_field, names)
-            _ = (read.events | f"Time{i}" >> ga4.TimeOnItems(duration)
+            _ = ((read.events | f"Time{i}" >> ga4.TimeOnItems(duration)).interactions
                  | f"Rows{i}" >> beam.FlatMap(lambda kv: [json.dumps([kv[0], item, d]) for item, d in kv[1]])
                  | f"Write{i}" >> beam.io.WriteToText(outs[i], shard_name_template=""))
     frames = []

@@ -64,7 +64,7 @@ def test_real_ga_csv_equals_duckdb_running_the_project_sql(shared_csv_output):
     con = duckdb.connect()
     con.execute(
         f"""CREATE TABLE ga_sessions AS
-        SELECT fullVisitorId, visitNumber,
+        SELECT fullVisitorId, visitNumber, '20170801' AS date,
                LIST({{'time': time, 'type': 'PAGE', 'product': [{{'productSKU': productSKU}}]}}) AS hits
         FROM read_csv('{SHARED_CSV}', types={{'fullVisitorId': 'VARCHAR', 'productSKU': 'VARCHAR'}})
         GROUP BY fullVisitorId, visitNumber"""

@@ -44,7 +44,9 @@ def _session(visitor: str, visit: int, hits: list) -> str:
         if dims is not None:
             hit["customDimensions"] = [{"index": i, "value": v} for i, v in dims]
         out.append(hit)
-    return json.dumps({"fullVisitorId": visitor, "visitNumber": visit, "hits": out}, ensure_ascii=False)
+    # "date": the export always has it, and the project's SQL reads it
+    return json.dumps({"fullVisitorId": visitor, "visitNumber": visit, "date": "20170801", "hits": out},
+                      ensure_ascii=False)
 
 
 EDGE_CASES = [

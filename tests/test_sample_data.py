@@ -54,7 +54,7 @@ def test_both_readers_give_the_same_interactions(small_forms, tmp_path):
     out = {name: str(tmp_path / f"{name}.jsonl") for name in ("ga360", "engagement", "next_event", "location")}
     with beam.Pipeline("FnApiRunner") as p:
         hits = p | "ReadGa360" >> sources.ReadGaSessions(small_forms["ga360"], "custom_dimension", 10, "PAGE")
-        rows_of(hits.hits | "Sessionize" >> sessionize.SessionizeHits(), "ga360", out["ga360"])
+        rows_of((hits.hits | "Sessionize" >> sessionize.SessionizeHits()).interactions, "ga360", out["ga360"])
         for name, item_source, duration, names in (
             ("engagement", "event_param:article_id", "engagement_time", ()),
             ("next_event", "event_param:article_id", "next_event", ("page_view", "user_engagement")),
@@ -62,7 +62,7 @@ def test_both_readers_give_the_same_interactions(small_forms, tmp_path):
         ):
             events = p | f"Read{name}" >> ga4.ReadGa4Events(small_forms["ga4"], item_source, duration,
                                                             "user_pseudo_id", names)
-            rows_of(events.events | f"Time{name}" >> ga4.TimeOnItems(duration), name, out[name])
+            rows_of((events.events | f"Time{name}" >> ga4.TimeOnItems(duration)).interactions, name, out[name])
     ga360 = read_rows(out["ga360"])
     assert len(ga360) > 3_000 and len({v for v, _, _ in ga360}) > 1_000  # not vacuous
     assert read_rows(out["engagement"]) == ga360

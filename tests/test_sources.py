@@ -41,7 +41,10 @@ def tricky_sessions(tmp_path_factory) -> str:
                 hits.append(hit)
                 if rng.random() < 0.1:
                     hits.append(dict(hit))  # an exact duplicate hit
-            session = {"fullVisitorId": f"{v:05d}", "visitNumber": visit, "hits": hits}
+            session = {"fullVisitorId": f"{v:05d}", "visitNumber": visit, "hits": hits,
+                       "date": f"201708{int(rng.integers(1, 29)):02d}"}
+            if rng.random() < 0.05:  # a session without a (valid) date
+                session["date"] = [None, "", "2017-8-1", "date"][int(rng.integers(0, 4))]
             if len(hits) > 3 and rng.random() < 0.2:  # the same session on two lines
                 lines.append(json.dumps({**session, "hits": hits[:2]}))
                 lines.append(json.dumps({**session, "hits": hits[2:]}))
@@ -61,7 +64,7 @@ def beam_interactions(path: str, item_source: str) -> pd.DataFrame:
     out = f"{path}.{item_source}.beam"
     with beam.Pipeline("FnApiRunner") as p:
         read = p | sources.ReadGaSessions(path, item_source, 10, "PAGE")
-        _ = (read.hits | sessionize.SessionizeHits()
+        _ = ((read.hits | sessionize.SessionizeHits()).interactions
              | beam.FlatMap(lambda kv: [json.dumps([kv[0], item, d]) for item, d in kv[1]])
              | beam.io.WriteToText(out, shard_name_template=""))
     with open(out) as handle:
@@ -276,6 +279,8 @@ def test_whitespace_only_ids_are_missing_in_the_sql_and_in_beam(tmp_path):
         {"fullVisitorId": "v1", "visitNumber": 1, "hits": [hit(0, "  "), hit(1000, "c2"), hit(3000, "c3")]},
         {"fullVisitorId": "v2", "visitNumber": 1, "hits": [hit(0, "c1"), hit(500, "c2"), hit(2000, "c3")]},
     ]
+    for s in sessions:
+        s["date"] = "20170801"  # every export row has it; the SQL reads it
     path = tmp_path / "sessions.json"
     path.write_text("\n".join(json.dumps(s) for s in sessions) + "\n")
     sql = as_sorted(duckdb_interactions(str(path), "custom_dimension"))

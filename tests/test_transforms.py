@@ -16,7 +16,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from preprocess import counters, ga4, rating, records, sessionize, sources, split, transform
+from preprocess import counters, freshness, ga4, rating, records, sessionize, sources, split, transform
 from schemas import contract, records as features
 from tests.ga360_rows import page, session
 from tests.split_reference import reference_split
@@ -134,19 +134,25 @@ def test_mark_held_out_follows_the_documented_rule_and_keeps_ratings():
 def test_sessionize_hits_credits_gaps_to_items_across_fragments_and_sessions():
     p = local_pipeline()
     hits = p | beam.Create([
-        # v1, visit 1, in two fragments (rows): distinct times 0, 1000, 5000, 7000
-        ("v1", (1, ((0, "A"), (1000, "B"), (1000, "C")))),
-        ("v1", (1, ((1000, "B"), (5000, None), (7000, "A")))),
-        # v1, visit 2: B at 0 lasts until 500; the hit at 500 is the last one
-        ("v1", (2, ((0, "B"), (500, "B")))),
-        ("v2", (1, ((0, "X"),))),  # one hit: no duration, no output
+        # (visitor, (visit, hits, day of the row)); v1, visit 1, in two fragments (rows) on
+        # days 10 and 11: distinct times 0, 1000, 5000, 7000
+        ("v1", (1, ((0, "A"), (1000, "B"), (1000, "C")), 10)),
+        ("v1", (1, ((1000, "B"), (5000, None), (7000, "A")), 11)),
+        # v1, visit 2 (no date): B at 0 lasts until 500; the hit at 500 is the last one
+        ("v1", (2, ((0, "B"), (500, "B")), None)),
+        ("v2", (1, ((0, "X"),), 3)),  # one hit: no duration, no output
         # v3, visit 1: Z lasts 250; visit 3: the duplicate row counts once, Z lasts 300
-        ("v3", (1, ((0, "Z"), (250, "Y")))),
-        ("v3", (3, ((100, "Z"), (100, "Z"), (400, None)))),
+        ("v3", (1, ((0, "Z"), (250, "Y")), 7)),
+        ("v3", (3, ((100, "Z"), (100, "Z"), (400, None)), 5)),
     ])
     # v1: A 1000 (0 -> 1000; the A at 7000 is last); B 4000 (1000 -> 5000) + 500; C 4000
     expected = [("v1", (("A", 1000), ("B", 4500), ("C", 4000))), ("v3", (("Z", 550),))]
-    assert_that(hits | sessionize.SessionizeHits(), equal_to(expected))
+    out = hits | sessionize.SessionizeHits()
+    assert_that(out.interactions, equal_to(expected))
+    # dates of the kept items over all their hits: A on days 10 and 11 (its last hit counts
+    # for the date, not the duration), B on 10, 11 and an undated visit, C on 10; Z on 5 and 7
+    assert_that(out[freshness.SEEN], equal_to([
+        ("v1", (("A", 10, 11), ("B", 10, 11), ("C", 10, 10))), ("v3", (("Z", 5, 7),))]), label="seen")
     found = run_counting(p)
     assert found["sessions"] == 5  # v1: 2, v2: 1, v3: 2
     assert found[counters.DROPPED_PREFIX + "hit_without_item"] == 2
@@ -155,14 +161,18 @@ def test_sessionize_hits_credits_gaps_to_items_across_fragments_and_sessions():
 def test_sum_interactions_sums_per_item_and_drops_nonpositive_and_infinite_sums():
     p = local_pipeline()
     rows = p | beam.Create([
-        ("v1", ("a", 10.0)), ("v1", ("b", 5.0)), ("v1", ("a", 2.5)),
-        ("v2", ("c", -3.0)), ("v2", ("c", 3.0)),  # sums to 0: dropped, and v2 has nothing left
-        ("v3", ("d", -1.0)),
-        ("v4", ("e", 1.0)), ("v4", ("f", 0.0)),
-        ("v5", ("g", 1e308)), ("v5", ("g", 1e308)),  # overflows to inf: dropped
+        # (visitor, (item, duration, first day, last day))
+        ("v1", ("a", 10.0, 3, 4)), ("v1", ("b", 5.0, None, None)), ("v1", ("a", 2.5, 1, 2)),
+        ("v2", ("c", -3.0, 1, 1)), ("v2", ("c", 3.0, 1, 1)),  # sums to 0: dropped, and v2 has nothing left
+        ("v3", ("d", -1.0, None, None)),
+        ("v4", ("e", 1.0, 9, 9)), ("v4", ("f", 0.0, 9, 9)),
+        ("v5", ("g", 1e308, 1, 1)), ("v5", ("g", 1e308, 1, 1)),  # overflows to inf: dropped
     ])
     expected = [("v1", (("a", 12.5), ("b", 5.0))), ("v4", (("e", 1.0),))]
-    assert_that(rows | sessionize.SumInteractions(), equal_to(expected))
+    out = rows | sessionize.SumInteractions()
+    assert_that(out.interactions, equal_to(expected))
+    assert_that(out[freshness.SEEN], equal_to([("v1", (("a", 1, 4), ("b", None, None))), ("v4", (("e", 9, 9),))]),
+                label="seen")
     found = run_counting(p)
     assert found[counters.DROPPED_PREFIX + "nonpositive_duration"] == 3  # c, d, f
     assert found[counters.DROPPED_PREFIX + "duration_overflow"] == 1  # g
@@ -170,29 +180,32 @@ def test_sum_interactions_sums_per_item_and_drops_nonpositive_and_infinite_sums(
 
 # --------------------------------------------------------------------------- GA4
 
-# (visitor, (session, event time µs, event name, item or None, engagement ms or None))
+# (visitor, (session, event time µs, event name, item or None, engagement ms or None, day))
 GA4_ROWS = [
-    ("v1", (1, 1_000_000, "page_view", "A", 300)),
-    ("v1", (1, 1_000_000, "page_view", "A", 300)),  # the same event twice counts once
-    ("v1", (1, 3_000_000, "scroll", "A", 200)),
-    ("v1", (1, 4_000_000, "page_view", "B", None)),
-    ("v1", (2, 0, "page_view", "B", 50)),
-    ("v1", (2, 10, "page_view", None, 999)),  # no item: credits nothing, still ends B's time
-    ("v2", (1, 5, "page_view", "C", 0)),
-    ("v2", (1, 9, "page_view", "D", None)),
+    ("v1", (1, 1_000_000, "page_view", "A", 300, 20)),
+    ("v1", (1, 1_000_000, "page_view", "A", 300, 20)),  # the same event twice counts once
+    ("v1", (1, 3_000_000, "scroll", "A", 200, 21)),
+    ("v1", (1, 4_000_000, "page_view", "B", None, None)),
+    ("v1", (2, 0, "page_view", "B", 50, 25)),
+    ("v1", (2, 10, "page_view", None, 999, 26)),  # no item: credits nothing, still ends B's time
+    ("v2", (1, 5, "page_view", "C", 0, 1)),
+    ("v2", (1, 9, "page_view", "D", None, 1)),
 ]
 
 
-@pytest.mark.parametrize("duration,expected", [
+@pytest.mark.parametrize("duration,expected,seen", [
     # Σ engagement over distinct events: A 300 + 200; B 0 (None) + 50; v2: C 0, D 0 -> nothing
-    ("engagement_time", [("v1", (("A", 500), ("B", 50)))]),
+    ("engagement_time", [("v1", (("A", 500), ("B", 50)))], [("v1", (("A", 20, 21), ("B", 25, 25)))]),
     # gaps per session (µs) / 1000: v1 s1: A 1e6 -> 3e6 -> 4e6: A 2e6 + 1e6, B last;
     # s2: B 0 -> 10: 10 µs; v2: C 5 -> 9: 4 µs, D last
-    ("next_event", [("v1", (("A", 3000.0), ("B", 0.01))), ("v2", (("C", 0.004),))]),
+    ("next_event", [("v1", (("A", 3000.0), ("B", 0.01))), ("v2", (("C", 0.004),))],
+     [("v1", (("A", 20, 21), ("B", 25, 25))), ("v2", (("C", 1, 1),))]),
 ])
-def test_ga4_time_on_items_for_both_durations(duration, expected):
+def test_ga4_time_on_items_for_both_durations(duration, expected, seen):
     p = local_pipeline()
-    assert_that(p | beam.Create(GA4_ROWS) | ga4.TimeOnItems(duration), equal_to(expected))
+    out = p | beam.Create(GA4_ROWS) | ga4.TimeOnItems(duration)
+    assert_that(out.interactions, equal_to(expected))
+    assert_that(out[freshness.SEEN], equal_to(seen), label="seen")
     found = run_counting(p)
     assert found["sessions"] == 3
     if duration == "engagement_time":
@@ -225,8 +238,8 @@ def test_read_ga_sessions_parses_hits_and_dead_letters_bad_lines(tmp_path):
     p = local_pipeline()
     read = p | sources.ReadGaSessions(str(path), "custom_dimension", 10, "PAGE")
     assert_that(read.hits, equal_to([
-        ("v1", (1, ((0, "a"), (1000, None), (3000, "b")))),  # the EVENT hit is not a PAGE hit
-        ("v2", (2, ((5, "7"),))),
+        ("v1", (1, ((0, "a"), (1000, None), (3000, "b")), None)),  # the EVENT hit is not a PAGE hit
+        ("v2", (2, ((5, "7"),), None)),  # no "date" field: no day
     ]), label="hits")
     assert_that(reasons(read[sources.DROPPED]), equal_to(
         ["malformed_json", "missing_visitor_id", "invalid_utf8", "missing_visit_number"]), label="dropped")
@@ -249,9 +262,9 @@ def test_read_hits_csv_maps_header_columns_and_dead_letters_bad_rows(tmp_path):
     p = local_pipeline()
     read = p | sources.ReadHitsCsv(str(path), "productSKU")
     assert_that(read.hits, equal_to([
-        ("v1", (1, ((0, "SKU1"),))),
-        ("v1", (1, ((1000, None),))),
-        ("v4", (2, ((7, "S,2"),))),
+        ("v1", (1, ((0, "SKU1"),), None)),  # no date column: no day
+        ("v1", (1, ((1000, None),), None)),
+        ("v4", (2, ((7, "S,2"),), None)),
     ]), label="hits")
     assert_that(reasons(read[sources.DROPPED]),
                 equal_to(["missing_visit_number", "malformed_csv", "invalid_time"]), label="dropped")
@@ -273,7 +286,8 @@ def test_read_interactions_csv_in_any_column_order(tmp_path):
     p = local_pipeline()
     read = p | sources.ReadInteractionsCsv(str(path))
     assert_that(read.interactions,
-                equal_to([("v1", ("a", 12.5)), ("v1", ("b", 3.0)), ("v5", ("e", 1000.0))]), label="rows")
+                equal_to([("v1", ("a", 12.5, None, None)), ("v1", ("b", 3.0, None, None)),
+                          ("v5", ("e", 1000.0, None, None))]), label="rows")
     assert_that(reasons(read[sources.DROPPED]),
                 equal_to(["invalid_duration", "invalid_duration"]), label="dropped")
     found = run_counting(p)
