@@ -238,3 +238,21 @@ def taste_ratings(nusers: int, nitems: int, groups: int, rng: np.random.Generato
     observed = rng.random((nusers, nitems)) < p
     ratings = np.where(observed, rng.uniform(0.1, 1.0, (nusers, nitems)), 0.0)
     return ratings.astype(np.float32).astype(np.float64)
+
+
+def write_item_dates(root: pathlib.Path, last_seen: Sequence[str | None], first_seen: Sequence[str | None] | None = None,
+                     source: str = "test dates") -> None:
+    """Adds item dates to a :func:`write_dataset` output as the preprocessing writes them
+    (``schemas/metadata.md``): ``item_dates.tsv`` aligned with the item vocabulary and the
+    ``dates`` block; ``last_seen[j]`` is ``YYYY-MM-DD`` or ``None`` (no date)."""
+    root = pathlib.Path(root)
+    items = (root / ITEM_VOCAB).read_text(encoding="utf-8").split("\n")[:-1]
+    first_seen = list(first_seen) if first_seen is not None else list(last_seen)
+    lines = [f"{item}\t{f or ''}\t{l or ''}\n" for item, f, l in zip(items, first_seen, last_seen, strict=True)]
+    (root / "item_dates.tsv").write_text("".join(lines), encoding="utf-8")
+    dated = [d for d in last_seen if d]
+    meta = json.loads((root / records.METADATA_FILE).read_text())
+    meta["dates"] = {"available": True, "source": source, "item_dates": "item_dates.tsv",
+                     "oldest_date": min(d for d in first_seen if d), "newest_date": max(dated),
+                     "items_with_dates": len(dated)}
+    (root / records.METADATA_FILE).write_text(json.dumps(meta))

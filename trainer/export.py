@@ -58,6 +58,16 @@ valid and the rest hold ``""`` and score 0.
     not one value per instance and ``k < 1`` raise ``InvalidArgumentError`` for the whole
     request; so would a non-finite solution (it cannot happen with clipped ratings, but the
     signature refuses rather than return NaN).
+
+**Freshness** (only in a model trained on an input with item dates, ``metadata.json``'s
+``dates``; ``trainer/freshness.py``): ``recommend_items_fresh``, ``similar_items_fresh`` and
+``fold_in_fresh`` take the inputs of ``recommend_items``, ``similar_items`` and ``fold_in`` plus
+``max_age_days: int32[B]`` and answer the same way, except that instance ``b`` only gets items
+last seen within ``max_age_days[b]`` days of the newest date in the training data (age
+``newest − last_seen ≤ max_age_days[b]``; an item without a date never); a negative
+``max_age_days[b]`` means no filter for that instance (the answer of the plain signature).
+A model trained without dates has none of these signatures (a request for one fails with
+TF Serving's unknown-signature error), so a filter is never silently ignored.
 """
 from __future__ import annotations
 
@@ -75,6 +85,7 @@ from trainer.weights import Weighting
 log = logging.getLogger(__name__)
 
 SIGNATURES = ("recommend_items", "recommend_users", "similar_items", "similar_users", "fold_in")
+FRESH_SIGNATURES = ("recommend_items_fresh", "similar_items_fresh", "fold_in_fresh")  # with dates only
 _VERSION = re.compile(r"^[0-9]+$")
 
 
@@ -107,6 +118,7 @@ def build_module(
     weighting: Weighting,
     regularization: float,
     rating_cap: float,
+    item_ages: np.ndarray | None = None,
 ) -> Any:
     """The ``tf.Module`` that :func:`export_saved_model` saves (module doc).
 
@@ -126,11 +138,14 @@ def build_module(
         λ.
     rating_cap : float
         Finite, > 0: fold-in ratings above it are clipped to it.
+    item_ages : ndarray, optional
+        int64 age in days per item (``trainer.freshness.ItemDates.ages``); given, the module
+        also has the :data:`FRESH_SIGNATURES`.
 
     Returns
     -------
     tf.Module
-        With the ``tf.function`` s named in :data:`SIGNATURES`.
+        With the ``tf.function`` s named in :data:`SIGNATURES` (and :data:`FRESH_SIGNATURES`).
     """
     import tensorflow as tf
 
@@ -184,8 +199,10 @@ def build_module(
             self.user_vocab, self.user_to_id, self.id_to_user = text_tables(user_vocab_file)
             self.item_vocab, self.item_to_id, self.id_to_item = text_tables(item_vocab_file)
 
-        def _top(self, q, targets, seen_coords, k):
-            """Top ``k[b]`` targets of each query row ``q[b]`` (batched, module doc)."""
+        def _top(self, q, targets, seen_coords, k, max_age=None):
+            """Top ``k[b]`` targets of each query row ``q[b]`` (batched, module doc); with
+            ``max_age`` (one per instance, targets = items) only items of age ≤ ``max_age[b]``
+            (every item where ``max_age[b] < 0``)."""
             tf.debugging.assert_equal(
                 tf.shape(k)[0], tf.shape(q)[0], message="k must hold one value per instance"
             )
@@ -194,6 +211,12 @@ def build_module(
             n = tf.minimum(kmax, tf.shape(targets, out_type=tf.int32)[0])
             s = tf.linalg.matmul(q, targets, transpose_b=True)
             s = tf.tensor_scatter_nd_update(s, seen_coords, tf.fill([tf.shape(seen_coords)[0]], ninf))
+            if max_age is not None:
+                tf.debugging.assert_equal(tf.shape(max_age)[0], tf.shape(q)[0],
+                                          message="max_age_days must hold one value per instance")
+                limit = tf.cast(max_age, tf.int64)[:, None]
+                fresh = tf.logical_or(limit < 0, self.item_age[None, :] <= limit)
+                s = tf.where(fresh, s, ninf)
             vals, ids = tf.math.top_k(s, k=n, sorted=True)
             zero = tf.reduce_all(tf.equal(q, 0.0), axis=1, keepdims=True)
             within = tf.range(n)[None, :] < k[:, None]
@@ -202,17 +225,17 @@ def build_module(
             vals = tf.where(ok, vals, tf.zeros_like(vals))
             return ids, vals, tf.reduce_sum(tf.cast(ok, tf.int32), axis=1)
 
-        def _by_id(self, raw, to_id, factors, splits, seen, targets, to_name, k):
+        def _by_id(self, raw, to_id, factors, splits, seen, targets, to_name, k, max_age=None):
             rows = to_id.lookup(raw)
             known = rows >= 0
             safe = tf.maximum(rows, 0)
             q = tf.gather(factors, safe) * tf.cast(known, tf.float32)[:, None]
             seen_r = tf.gather(tf.RaggedTensor.from_row_splits(seen, splits, validate=False), safe)
             coords = tf.stack([seen_r.value_rowids(), seen_r.flat_values], axis=1)
-            ids, vals, count = self._top(q, targets, coords, k)
+            ids, vals, count = self._top(q, targets, coords, k, max_age)
             return to_name.lookup(ids), vals, count, known
 
-        def _similar(self, raw, to_id, units, to_name, k):
+        def _similar(self, raw, to_id, units, to_name, k, max_age=None):
             rows = to_id.lookup(raw)
             known = rows >= 0
             safe = tf.maximum(rows, 0)
@@ -226,7 +249,7 @@ def build_module(
             coords = tf.concat(
                 [tf.stack([tf.range(n_b), safe], axis=1), tf.stack([b_z, t_z], axis=1)], axis=0
             )
-            ids, vals, count = self._top(q, units, coords, k)
+            ids, vals, count = self._top(q, units, coords, k, max_age)
             return to_name.lookup(ids), vals, count, known
 
         @tf.function(input_signature=[ids_spec, k_spec])
@@ -267,6 +290,9 @@ def build_module(
             ]
         )
         def fold_in(self, content_ids, ratings, k):
+            return self._fold_in(content_ids, ratings, k)
+
+        def _fold_in(self, content_ids, ratings, k, max_age=None):
             tf.debugging.assert_equal(
                 tf.shape(content_ids), tf.shape(ratings),
                 message="content_ids and ratings must have the same shape",
@@ -314,7 +340,7 @@ def build_module(
             u = tf.cast(u64, tf.float32)
             u = tf.debugging.assert_all_finite(u, "fold_in: the solve gave a non-finite embedding")
             coords = tf.stack([owner, item], axis=1)
-            ids_k, vals, count = self._top(u, self.item_factors, coords, k)
+            ids_k, vals, count = self._top(u, self.item_factors, coords, k, max_age)
             return {
                 "embedding": u,
                 "content_ids": self.id_to_item.lookup(ids_k),
@@ -324,7 +350,53 @@ def build_module(
                 "clipped_ratings": clipped,
             }
 
-    return Recommender()
+    if item_ages is None:
+        return Recommender()
+    ages = np.asarray(item_ages, np.int64)
+    if ages.shape != (nitems,):
+        raise ValueError(f"item_ages has shape {ages.shape}, expected {(nitems,)}")
+    age_spec = tf.TensorSpec([None], tf.int32)
+
+    class FreshRecommender(Recommender):
+        """:class:`Recommender` plus the max_age_days signatures (module doc)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.item_age = tf.Variable(ages, trainable=False)  # newest − last seen, days
+
+        @tf.function(input_signature=[ids_spec, k_spec, age_spec])
+        def recommend_items_fresh(self, visitor_ids, k, max_age_days):
+            names, vals, count, known = self._by_id(
+                visitor_ids, self.user_to_id, self.user_factors, self.user_seen_splits,
+                self.user_seen, self.item_factors, self.id_to_item, k, max_age_days,
+            )
+            return {"content_ids": names, "scores": vals, "count": count, "known": known}
+
+        @tf.function(input_signature=[ids_spec, k_spec, age_spec])
+        def similar_items_fresh(self, content_ids, k, max_age_days):
+            names, vals, count, known = self._similar(
+                content_ids, self.item_to_id, self.item_units, self.id_to_item, k, max_age_days
+            )
+            return {"content_ids": names, "scores": vals, "count": count, "known": known}
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None], tf.string),
+                tf.TensorSpec([None, None], tf.float32),
+                k_spec,
+                age_spec,
+            ]
+        )
+        def fold_in_fresh(self, content_ids, ratings, k, max_age_days):
+            return self._fold_in(content_ids, ratings, k, max_age_days)
+
+    return FreshRecommender()
+
+
+def signature_names(module: Any) -> tuple[str, ...]:
+    """The signatures ``module`` serves: :data:`SIGNATURES`, plus :data:`FRESH_SIGNATURES` when
+    it was built with item dates."""
+    return SIGNATURES + (FRESH_SIGNATURES if hasattr(module, "item_age") else ())
 
 
 def versions(export_base: str) -> list[int]:
@@ -371,7 +443,7 @@ def export_saved_model(export_base: str, module: Any, version: int | None = None
     export_dir = fileio.join(export_base, str(int(version)))
     if tf.io.gfile.exists(export_dir):
         tf.io.gfile.rmtree(export_dir)
-    signatures = {name: getattr(module, name) for name in SIGNATURES}
+    signatures = {name: getattr(module, name) for name in signature_names(module)}
     signatures["serving_default"] = module.recommend_items
     tf.saved_model.save(module, export_dir, signatures=signatures)
     log.info("exported SavedModel to %s", export_dir)

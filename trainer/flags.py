@@ -113,6 +113,9 @@ def _outputs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--topk", type=int, default=10, help="recommendations per user in batch_pred.txt")
     g.add_argument("--no_filter_seen", dest="filter_seen", action="store_false",
                    help="keep items the user already has in batch_pred.txt")
+    g.add_argument("--max_age_days", type=int, default=None,
+                   help=f"{BATCH_PRED} recommends only items last seen within this many days of the "
+                   "newest date in the training data (needs an input with item dates; default: no filter)")
     g.add_argument("--predict_users_for_items", action="store_true",
                    help=f"also write {BATCH_PRED_USERS}: top --topk users per item (targeting)")
     g.add_argument("--no_batch_pred", dest="batch_pred", action="store_false", help=f"skip {BATCH_PRED}")
@@ -151,6 +154,11 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse
     for name, minimum in _INT_FLAGS:
         if getattr(args, name) < minimum:
             p.error(f"--{name} must be >= {minimum}, got {getattr(args, name)}")
+    if args.max_age_days is not None:
+        if args.max_age_days < 0:
+            p.error(f"--max_age_days must be >= 0, got {args.max_age_days}")
+        if not args.batch_pred:
+            p.error(f"--max_age_days filters {BATCH_PRED}, which --no_batch_pred turns off")
     try:
         validate(**model_kwargs(args))
     except HyperparameterError as e:

@@ -4,6 +4,7 @@ For query factors ``Q`` (users, or items for targeting) and target factors ``T``
 
     S = Q Tᵀ                           (one batched matmul per block of queries)
     S[b, j] = −inf  for every (b, j) in the exclusion matrix (already-seen items)
+    S[:, j] = −inf  for every target j that is not a candidate (e.g. a stale item, --max_age_days)
     ids, scores = top_k(S, N)          (best first; ties: lower dense id first)
 
 Slots whose score is −inf (fewer than ``N`` candidates left) get id −1. A query whose factor
@@ -25,10 +26,12 @@ Command line (needs only TensorFlow and this module): the top-k of one ID from t
 SavedModel (:mod:`trainer.export`)::
 
     python -m trainer.recommend --model_dir DIR (--visitor_id ID | --similar_to CONTENT_ID) [--k 10]
+        [--max_age_days N]
 
 ``DIR`` is the trainer's output dir, its ``export/`` or an ``export/<version>/`` folder (the
 largest version is used). ``--visitor_id`` asks ``recommend_items``, ``--similar_to``
-``similar_items``. Prints ``raw_id<TAB>score`` lines, best first (scores with 9 significant
+``similar_items``; with ``--max_age_days`` their ``_fresh`` twins (only items last seen within
+N days of the training data's newest date; refused for a model trained without dates). Prints ``raw_id<TAB>score`` lines, best first (scores with 9 significant
 digits: a float32 read back exactly). A known ID with no recommendations (no training
 interactions) prints nothing. Exit 2 with one ``error:`` line on stderr for an unknown ID, a
 missing model or a bad flag.
@@ -59,12 +62,14 @@ def _kernel(dtype_name: str) -> Any:
     mat = tf.TensorSpec([None, None], dt)
 
     @tf.function(
-        input_signature=[mat, mat, tf.TensorSpec([None, 2], tf.int32), tf.TensorSpec([], tf.int32)]
+        input_signature=[mat, mat, tf.TensorSpec([None, 2], tf.int32), tf.TensorSpec([], tf.int32),
+                         tf.TensorSpec([None], tf.bool)]
     )
-    def topk_block(q, t, coords, n):
+    def topk_block(q, t, coords, n, candidate):
         s = tf.linalg.matmul(q, t, transpose_b=True)
         ninf = tf.constant(-np.inf, dt)
         s = tf.tensor_scatter_nd_update(s, coords, tf.fill([tf.shape(coords)[0]], ninf))
+        s = tf.where(candidate[None, :], s, ninf)
         vals, ids = tf.math.top_k(s, k=n, sorted=True)
         zero = tf.reduce_all(tf.equal(q, 0), axis=1, keepdims=True)
         bad = tf.logical_or(tf.equal(vals, ninf), zero)
@@ -86,10 +91,12 @@ def top_k(
     batch_size: int = 1024,
     max_scores: int = 1 << 25,
     device: str | None = None,
+    candidates: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(ids int64, scores float32)`` of shape ``(len(queries), N)`` (module doc).
 
-    ``exclude`` is a ``len(queries) × len(targets)`` CSR of (query, target) pairs to skip.
+    ``exclude`` is a ``len(queries) × len(targets)`` CSR of (query, target) pairs to skip;
+    ``candidates`` a bool per target (``None``: all), the targets any query may get.
     """
     import tensorflow as tf
 
@@ -102,6 +109,9 @@ def top_k(
     nq, nt = queries.shape[0], targets.shape[0]
     if exclude is not None and exclude.shape != (nq, nt):
         raise TrainerInputError(f"exclude has shape {exclude.shape}, expected {(nq, nt)}")
+    allowed = np.ones(nt, bool) if candidates is None else np.asarray(candidates, bool)
+    if allowed.shape != (nt,):
+        raise TrainerInputError(f"candidates has shape {allowed.shape}, expected {(nt,)}")
     dt = np.float32 if queries.dtype != np.float64 else np.float64
     n_eff = int(min(N, nt))
     kern = _kernel(np.dtype(dt).name)
@@ -109,13 +119,14 @@ def top_k(
     sc_out = np.full((nq, N), -np.inf, dtype=np.float32)
     with tf.device(device_policy.resolve(device)):
         t = tf.identity(tf.constant(targets.astype(dt)))
+        allowed_t = tf.constant(allowed)
         for s, e in _blocks(nq, nt, batch_size, max_scores):
             if exclude is not None:
                 blk = exclude.slice_rows(s, e)
                 coords = np.stack([blk.row_ids(), blk.indices], axis=1).astype(np.int32)
             else:
                 coords = np.zeros((0, 2), np.int32)
-            ids, sc = kern(tf.constant(queries[s:e].astype(dt)), t, coords, n_eff)
+            ids, sc = kern(tf.constant(queries[s:e].astype(dt)), t, coords, n_eff, allowed_t)
             ids_out[s:e, :n_eff] = ids.numpy()
             sc_out[s:e, :n_eff] = sc.numpy()
     return ids_out, sc_out
@@ -131,9 +142,11 @@ def write_batch_predictions(
     exclude: CSR | None = None,
     batch_size: int = 1024,
     device: str | None = None,
+    candidates: np.ndarray | None = None,
 ) -> int:
     """Writes ``query_name<TAB>target<TAB>target...`` (best first, module doc) for every query
-    row, in dense ID order; returns the number of lines.
+    row, in dense ID order; returns the number of lines. Only ``candidates`` (a bool per
+    target; ``None``: all) are ever written.
 
     ``N`` above the number of targets is clamped to it (a longer list cannot exist, and the
     buffers grow with ``N``). Written through a temporary file + rename.
@@ -155,7 +168,7 @@ def write_batch_predictions(
             ids, _ = top_k(
                 queries[s:e], targets, N,
                 exclude=None if exclude is None else exclude.slice_rows(s, e),
-                batch_size=batch_size, device=device,
+                batch_size=batch_size, device=device, candidates=candidates,
             )
             lines = []
             for r in range(e - s):
@@ -202,14 +215,18 @@ def parse_cli(argv: Sequence[str] | None = None) -> argparse.Namespace:
     q.add_argument("--visitor_id", help="recommend items for this visitorId (recommend_items)")
     q.add_argument("--similar_to", help="items most similar to this contentId (similar_items)")
     p.add_argument("--k", type=int, default=10, help="how many (default 10)")
+    p.add_argument("--max_age_days", type=int, default=None,
+                   help="only items last seen within N days of the newest date in the training data")
     args = p.parse_args(argv)
     if args.k < 1:
         p.error(f"--k must be >= 1, got {args.k}")
+    if args.max_age_days is not None and args.max_age_days < 0:
+        p.error(f"--max_age_days must be >= 0, got {args.max_age_days}")
     return args
 
 
 def query(model_dir: str, k: int, visitor_id: str | None = None,
-          similar_to: str | None = None) -> list[tuple[str, float]]:
+          similar_to: str | None = None, max_age_days: int | None = None) -> list[tuple[str, float]]:
     """``[(raw_id, score), ...]`` best first, from the newest SavedModel under ``model_dir``.
 
     Parameters
@@ -221,6 +238,8 @@ def query(model_dir: str, k: int, visitor_id: str | None = None,
     visitor_id, similar_to : str, optional
         Exactly one: the visitorId to recommend items for, or the contentId to find similar
         items for.
+    max_age_days : int, optional
+        Only items last seen within this many days of the training data's newest date.
 
     Returns
     -------
@@ -229,7 +248,8 @@ def query(model_dir: str, k: int, visitor_id: str | None = None,
     Raises
     ------
     TrainerInputError
-        No SavedModel under ``model_dir``, or the ID is not in the model's vocabulary.
+        No SavedModel under ``model_dir``, the ID is not in the model's vocabulary, or
+        ``max_age_days`` for a model trained without item dates.
     """
     import tensorflow as tf
 
@@ -245,7 +265,14 @@ def query(model_dir: str, k: int, visitor_id: str | None = None,
         sig, arg, raw, what = "recommend_items", "visitor_ids", visitor_id, "visitorId"
     else:
         sig, arg, raw, what = "similar_items", "content_ids", similar_to, "contentId"
-    r = model.signatures[sig](**{arg: tf.constant([raw]), "k": tf.constant([k], tf.int32)})
+    inputs = {arg: tf.constant([raw]), "k": tf.constant([k], tf.int32)}
+    if max_age_days is not None:
+        sig += "_fresh"
+        if sig not in model.signatures:
+            raise TrainerInputError(f"--max_age_days: the model in {path} has no item dates (it was "
+                                    "trained on an input without dates), so it cannot filter by age")
+        inputs["max_age_days"] = tf.constant([max_age_days], tf.int32)
+    r = model.signatures[sig](**inputs)
     if not bool(r["known"].numpy()[0]):
         raise TrainerInputError(f"unknown {what} {raw!r}: not in the model's vocabulary ({path})")
     n = int(r["count"].numpy()[0])
@@ -260,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_cli(argv)
     try:
-        rows = query(args.model_dir, args.k, visitor_id=args.visitor_id, similar_to=args.similar_to)
+        rows = query(args.model_dir, args.k, visitor_id=args.visitor_id, similar_to=args.similar_to,
+                     max_age_days=args.max_age_days)
     except TrainerInputError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2

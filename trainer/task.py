@@ -36,6 +36,7 @@ from trainer.flags import BATCH_PRED, BATCH_PRED_USERS, model_kwargs, parse_args
 if TYPE_CHECKING:  # annotations only: --help stays cheap
     from trainer.checkpoint import Checkpoint, Checkpointer
     from trainer.data import TrainingData
+    from trainer.freshness import ItemDates
     from trainer.heldout import HeldOut
     from trainer.metadata import Metadata
     from trainer.monitor import Scalars
@@ -65,6 +66,7 @@ class Inputs:
     items: list[str]
     topk_items: int
     topk_users: int | None
+    dates: ItemDates | None = None  # the items' first/last seen dates, when the input has them
 
 
 @dataclass
@@ -117,7 +119,8 @@ def run(args: argparse.Namespace) -> dict:
 
 # --------------------------------------------------------------------------- load
 def load(args: argparse.Namespace) -> Inputs:
-    """metadata.json and the vocabularies, and the flags that depend on them."""
+    """metadata.json, the vocabularies and the item dates, and the flags that depend on them."""
+    from trainer.freshness import load_item_dates, require_item_dates
     from trainer.metadata import load_metadata, read_vocabulary
 
     md = load_metadata(args.input_path)
@@ -133,7 +136,13 @@ def load(args: argparse.Namespace) -> Inputs:
     # a list cannot be longer than the catalogue, and the top-k buffers grow with k
     topk_items = _clamp_topk(args.topk, md.nitems, "items")
     topk_users = _clamp_topk(args.topk, md.nusers, "users") if args.predict_users_for_items else None
-    return Inputs(md, users, items, topk_items, topk_users)
+    # before anything is claimed or read: --max_age_days on an input without dates is refused
+    dates = (require_item_dates(md, items, "--max_age_days") if args.max_age_days is not None
+             else load_item_dates(md, items))
+    if dates is not None:
+        log.info("item dates: %d of %d items, newest %s (%s)", int(dates.has_date.sum()),
+                 md.nitems, dates.newest_date, dates.source)
+    return Inputs(md, users, items, topk_items, topk_users, dates)
 
 
 def _no_test_records(md: Metadata) -> TrainerInputError:
@@ -323,6 +332,7 @@ def write(args: argparse.Namespace, job: Job, inputs: Inputs, data: TrainingData
         module = export.build_module(
             model.user_factors, model.item_factors, user_vocab, item_vocab, data.user_items,
             model.col_weights, model.weighting, model.regularization, job.rating_cap,
+            item_ages=None if inputs.dates is None else inputs.dates.ages(),
         )
         job.export_path = export.export_saved_model(fileio.join(out, EXPORT_DIR), module)
 
@@ -332,9 +342,15 @@ def _write_predictions(args: argparse.Namespace, model: WALSModel, inputs: Input
 
     u, v, out = model.user_factors, model.item_factors, args.output_dir
     if args.batch_pred:
+        fresh = None
+        if args.max_age_days is not None:  # load() made sure the dates are there
+            fresh = inputs.dates.fresh(args.max_age_days)
+            log.info("--max_age_days %d: %d of %d items last seen on or after %s", args.max_age_days,
+                     int(fresh.sum()), len(fresh), _day_text(inputs.dates.newest_day - args.max_age_days))
         write_batch_predictions(
             fileio.join(out, BATCH_PRED), u, v, inputs.users, inputs.items, inputs.topk_items,
             exclude=data.user_items if args.filter_seen else None, batch_size=args.batch_size,
+            candidates=fresh,
         )
     if args.predict_users_for_items:
         write_batch_predictions(
@@ -358,7 +374,7 @@ def summarise(args: argparse.Namespace, job: Job, inputs: Inputs, data: Training
     summary = {
         "trainer_version": __version__,
         "hyperparameters": job.hyperparameters,
-        "data": _data_block(args, inputs.md, data, job),
+        "data": _data_block(args, inputs, data, job),
         "final": {k: final[k] for k in _FINAL_KEYS if k in final},
         "history": history,
         "factors_from_sweep": ev["sweep"] if ev else final["sweep"],
@@ -377,7 +393,8 @@ def summarise(args: argparse.Namespace, job: Job, inputs: Inputs, data: Training
     return summary
 
 
-def _data_block(args: argparse.Namespace, md: Metadata, data: TrainingData, job: Job) -> dict:
+def _data_block(args: argparse.Namespace, inputs: Inputs, data: TrainingData, job: Job) -> dict:
+    md = inputs.md
     return {
         "input_path": args.input_path,
         "metadata": md.path,
@@ -386,7 +403,26 @@ def _data_block(args: argparse.Namespace, md: Metadata, data: TrainingData, job:
         "ninteractions": data.user_items.nnz,
         "rating_cap": job.rating_cap,  # fold-in clips ratings to it
         "rating_cap_source": job.rating_cap_source,
+        "dates": _dates_block(args, inputs),
     }
+
+
+def _day_text(day: int) -> str:
+    from trainer.freshness import day_text
+
+    return day_text(day)
+
+
+def _dates_block(args: argparse.Namespace, inputs: Inputs) -> dict:
+    """Item freshness: the input's dates and what ``--max_age_days`` kept."""
+    d = inputs.dates
+    if d is None:
+        return {"available": False}
+    out = {"available": True, "newest_date": d.newest_date, "items_with_dates": int(d.has_date.sum()),
+           "max_age_days": args.max_age_days, "fresh_items": None}
+    if args.max_age_days is not None:
+        out["fresh_items"] = int(d.fresh(args.max_age_days).sum())
+    return out
 
 
 def _timing_block(job: Job) -> dict:
