@@ -86,6 +86,14 @@ def parse_day(value: Any) -> Optional[int]:
         return None
 
 
+def parse_export_day(value: Any) -> Optional[int]:
+    """The day of an export's own date column (GA360 ``date``, GA4 ``event_date``): exactly
+    ``YYYYMMDD`` text, as the project's SQL takes it (``'^[0-9]{8}$'``), else None."""
+    if not isinstance(value, str) or _COMPACT.match(value) is None or len(value) != 8:
+        return None
+    return parse_day(value)
+
+
 def day_text(day: int) -> str:
     """Day number -> ``YYYY-MM-DD`` (``contract.DATE_FORMAT``)."""
     return datetime.date.fromordinal(day + EPOCH).strftime(contract.DATE_FORMAT)

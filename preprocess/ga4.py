@@ -267,7 +267,7 @@ class ParseGa4EventFn(beam.DoFn):
             yield sources.dead_letter("invalid_engagement_time", line)
             return
         name = name if isinstance(name, str) else json.dumps(name)
-        day = freshness.parse_day(event.get("event_date"))
+        day = freshness.parse_export_day(event.get("event_date"))
         for raw_item in raw_items:
             item, problem = sources.content_id(raw_item)
             if problem:  # the event still ends the previous event's time (next_event)

@@ -325,7 +325,7 @@ class ParseGaSessionFn(beam.DoFn):
                     yield dead_letter(problem, {"fullVisitorId": visitor, "hit": hit})
                 session_hits.append((time, item))
         if session_hits:
-            yield visitor, (visit, tuple(session_hits), freshness.parse_day(session.get(DATE_COLUMN)))
+            yield visitor, (visit, tuple(session_hits), freshness.parse_export_day(session.get(DATE_COLUMN)))
 
 
 class ReadGaSessions(beam.PTransform):
