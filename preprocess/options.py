@@ -40,7 +40,8 @@ class PreprocessOptions(PipelineOptions):
         source.add_argument(
             "--query",
             help="Your own standard-SQL query instead of the project's; it must return the columns "
-            "visitorId STRING, contentId STRING, session_duration INT64/FLOAT64.",
+            "visitorId STRING, contentId STRING, session_duration INT64/FLOAT64, and may return "
+            "first_date, last_date (YYYYMMDD) for item freshness.",
         )
         source.add_argument(
             "--start_date",
