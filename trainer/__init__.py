@@ -21,6 +21,7 @@
 * :mod:`trainer.checkpoint` per-sweep checkpoints (factors and evaluation state) for ``--resume``.
 * :mod:`trainer.monitor`    progress bar, TensorBoard scalars, metric log lines.
 * :mod:`trainer.export`     the serving SavedModel (lookup by raw ID, fold-in).
+* :mod:`trainer.freshness`  item dates and the ``--max_age_days`` / ``max_age_days`` filter.
 * :mod:`trainer.fileio`     local / ``gs://`` file helpers (``tf.io.gfile``).
 * :mod:`trainer.task`       the command line (``python -m trainer.task``).
 
