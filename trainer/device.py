@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +109,18 @@ def max_batch_floats(device: str, itemsize: int = 4) -> int:
 def batches_in_flight(device: str) -> int:
     """How many batches to solve at a time on ``device`` (module docstring)."""
     return GPU_BATCHES_IN_FLIGHT if is_gpu(device) else CPU_BATCHES_IN_FLIGHT
+
+
+def compute_devices(device: str | Sequence[str] | None = None) -> list[str]:
+    """The devices a fit spreads its row solves over, the first holding the factors.
+
+    ``device`` as given (one name or several); ``None``: every GPU TensorFlow sees (with
+    TensorFloat-32 off, :func:`use_full_float32`), else :data:`CPU`. A CPU is one device
+    however many cores it has: its ops use every core already.
+    """
+    if device is None:
+        gpus = [d.name for d in _tf().config.list_logical_devices("GPU")]
+        return [resolve(g) for g in gpus] if gpus else [CPU]
+    if isinstance(device, str):
+        return [resolve(device)]
+    return [resolve(d) for d in device]

@@ -119,8 +119,10 @@ def _check_one(name: str, value: Any) -> None:
         if not isinstance(value, bool):
             raise HyperparameterError(name, "must be True or False", value)
     elif name == "device":
-        if not isinstance(value, str):
-            raise HyperparameterError(name, "must be a TensorFlow device name such as '/CPU:0'", value)
+        several = isinstance(value, (list, tuple)) and len(value) > 0
+        if not (isinstance(value, str) or several and all(isinstance(d, str) for d in value)):
+            raise HyperparameterError(
+                name, "must be a TensorFlow device name such as '/GPU:0', or a list of them", value)
     else:
         raise TypeError(f"unknown hyperparameter {name!r}")
 

@@ -102,7 +102,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -110,6 +110,7 @@ from trainer import device as device_policy
 from trainer import weights as wts
 from trainer.errors import TrainerInputError
 from trainer.hparams import DEFAULTS, DType, Objective, Confidence, ColWeights, Solver, validate
+from trainer.plan import Batch, SweepPlan, build_plans
 from trainer.recommend import top_k
 from trainer.sparse import CSR
 
@@ -129,103 +130,6 @@ WOODBURY_MIN_K = 24
 # (W3) in the module docstring: a short-row batch takes the Woodbury path only while
 # u·(κ(B0) + max tr K) stays below this (refinement then contracts by η ≲ 0.035 per step).
 WOODBURY_MAX_THETA = 2.0**-10
-
-# --------------------------------------------------------------------------- batch plan
-@dataclass
-class _Batch:
-    rows: Any  # tf int32 (B,)   row ids
-    idx: Any  # tf int32 (B, L)  column ids (0 in padding)
-    extra: Any  # tf (B, L)      W − w0 (0 in padding)
-    wa: Any  # tf (B, L)         W·A (0 in padding)
-    nnz: int
-    width: int  # L
-
-
-@dataclass
-class SweepPlan:
-    """The padded batches of one orientation (users × items or items × users)."""
-
-    nrows: int
-    ncols: int
-    batches: list[_Batch]
-    inverse: Any  # tf int32 (nrows,): position of row i in the concatenated solutions
-    sum_waa: float  # Σ_Ω W A²   (float64)
-    sum_extra: float  # Σ_Ω (W − w0)
-    nnz: int
-    max_batch_floats: int = 1 << 62  # the cap the batches were cut with (chunks the fallback)
-
-
-def build_plan(
-    csr: CSR,
-    w: np.ndarray,
-    a: np.ndarray,
-    w0: float,
-    k: int,
-    batch_size: int,
-    max_batch_floats: int,
-    dtype: Any,
-    device: str,
-) -> SweepPlan:
-    """Groups the non-empty rows of ``csr`` into padded, length-bucketed batches (see module doc).
-
-    ``w`` / ``a`` are the per-entry ``W_ij`` / ``A_ij`` aligned with ``csr.indices``.
-    """
-    tf = _tf()
-    lengths = csr.row_lengths()
-    nonempty = np.flatnonzero(lengths)
-    order = nonempty[np.argsort(lengths[nonempty], kind="stable")]
-    slen = lengths[order]
-    bucket = np.floor(4.0 * np.log2(np.maximum(slen, 1))).astype(np.int64)
-    cuts = np.flatnonzero(np.diff(bucket)) + 1
-    extra_all = w - w0
-    wa_all = w * a
-    batches: list[_Batch] = []
-    row_chunks: list[np.ndarray] = []
-    for grp in np.split(np.arange(order.size), cuts) if order.size else []:
-        rows_g = order[grp]
-        width = int(slen[grp].max())
-        cap = min(batch_size, max_batch_floats // (width * k))
-        if 4 * width > 3 * k:  # the k × k path forms B matrices of k² floats
-            cap = min(cap, max_batch_floats // (k * k))
-        cap = max(1, cap)
-        for s in range(0, rows_g.size, cap):
-            rows = rows_g[s : s + cap]
-            lens = lengths[rows]
-            col = np.arange(width)[None, :]
-            mask = col < lens[:, None]
-            pos = np.where(mask, csr.indptr[rows][:, None] + col, 0)
-            with tf.device(device):
-                batches.append(
-                    _Batch(
-                        rows=tf.identity(tf.constant(rows.astype(np.int32))),
-                        idx=tf.identity(
-                            tf.constant(np.where(mask, csr.indices[pos], 0).astype(np.int32))
-                        ),
-                        extra=tf.identity(
-                            tf.constant(np.where(mask, extra_all[pos], 0.0), dtype=dtype)
-                        ),
-                        wa=tf.identity(tf.constant(np.where(mask, wa_all[pos], 0.0), dtype=dtype)),
-                        nnz=int(lens.sum()),
-                        width=width,
-                    )
-                )
-            row_chunks.append(rows)
-    solved = np.concatenate(row_chunks) if row_chunks else np.zeros(0, np.int64)
-    inverse = np.full(csr.shape[0], solved.size, dtype=np.int32)  # empty rows → zero row
-    inverse[solved] = np.arange(solved.size, dtype=np.int32)
-    with tf.device(device):
-        inv = tf.identity(tf.constant(inverse))
-    return SweepPlan(
-        nrows=csr.shape[0],
-        ncols=csr.shape[1],
-        batches=batches,
-        inverse=inv,
-        sum_waa=float(np.sum(w * a * a)),
-        sum_extra=float(np.sum(extra_all)),
-        nnz=csr.nnz,
-        max_batch_floats=int(max_batch_floats),
-    )
-
 
 # --------------------------------------------------------------------------- TF kernels
 @functools.lru_cache(maxsize=None)
@@ -403,6 +307,44 @@ def _woodbury_eligible(plan: SweepPlan, k: int, solver: str, woodbury: bool | No
     return [solver == "cholesky" and use and 4 * b.width <= 3 * k for b in plan.batches]
 
 
+def _replicate(tensor: Any, devices: list[str]) -> dict[str, Any]:
+    """``tensor`` on each of ``devices`` (the same tensor where it already is): the fixed
+    factors and the per-half-sweep matrices every batch reads."""
+    tf = _tf()
+    here = tf.DeviceSpec.from_string(tensor.device)
+    out = {}
+    for d in devices:
+        spec = tf.DeviceSpec.from_string(d)
+        if (spec.device_type, spec.device_index) == (here.device_type, here.device_index):
+            out[d] = tensor
+        else:
+            with tf.device(d):
+                out[d] = tf.identity(tensor)
+    return out
+
+
+def _run_batches(plan: SweepPlan, solve: Callable[[int], Any], threads: int | None,
+                 progress: ProgressFn | None, stage: str) -> list[Any]:
+    """``solve(t)`` for every batch, ``threads`` at a time (``None``: the devices' own
+    :func:`trainer.device.batches_in_flight`, summed), results in batch order."""
+    if threads is None:
+        threads = sum(device_policy.batches_in_flight(d) for d in plan.devices)
+    n = len(plan.batches)
+    outs = []
+    if threads <= 1 or n <= 1:
+        for t in range(n):
+            outs.append(solve(t))
+            if progress is not None:
+                progress(stage, t + 1, n)
+        return outs
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for t, out in enumerate(pool.map(solve, range(n))):
+            outs.append(out)
+            if progress is not None:
+                progress(stage, t + 1, n)
+    return outs
+
+
 def route_batches(
     fixed: Any,
     plan: SweepPlan,
@@ -414,6 +356,7 @@ def route_batches(
     """The path :func:`solve_half_sweep` takes for each batch of ``plan`` with these ``fixed``
     factors: ``"woodbury"``, ``"cholesky"`` or ``"cg"`` (for tests and diagnostics; the same
     (W3) test as the solver's graph, on the same tensors)."""
+    tf = _tf()
     k = int(fixed.shape[1])
     eligible = _woodbury_eligible(plan, k, solver, woodbury)
     other = "cholesky" if solver == "cholesky" else "cg"
@@ -421,10 +364,15 @@ def route_batches(
         return [other] * len(plan.batches)
     wb = _woodbury_inputs(fixed, _base(fixed, w0, regularization))
     route = _kernels(fixed.dtype.name, 1)["woodbury_route"]
-    return [
-        "woodbury" if e and bool(route(wb.h, wb.max_load, b.idx, b.extra)) else other
-        for e, b in zip(eligible, plan.batches)
-    ]
+    out = []
+    for e, b in zip(eligible, plan.batches):
+        if not e:
+            out.append(other)
+            continue
+        idx, extra, _ = plan.expand(b)
+        with tf.device(fixed.device):
+            out.append("woodbury" if bool(route(wb.h, wb.max_load, idx, extra)) else other)
+    return out
 
 
 def solve_half_sweep(
@@ -442,55 +390,57 @@ def solve_half_sweep(
 ) -> Any:
     """New factors for all ``plan.nrows`` rows given the other side's ``fixed`` factors.
 
-    Returns a ``(plan.nrows, k)`` tensor; rows without observations are 0. ``previous`` (the
-    current factors of the rows being solved) is the CG warm start. ``woodbury``: ``None``
-    makes rows with ``L ≤ 3k/4`` eligible for the Woodbury path when ``k ≥ WOODBURY_MIN_K``;
-    ``True`` at any ``k``; ``False`` never. An eligible batch takes it only when (W3) of the
-    module docstring holds, else the ``k × k`` Cholesky path (decided inside the batch's
-    graph; :func:`route_batches` tells which). ``batches_in_flight``: how many batches are
-    solved concurrently (from that many Python threads; every batch is independent, so the
-    result does not depend on it); ``None``: the device's
-    (:func:`trainer.device.batches_in_flight`).
+    Returns a ``(plan.nrows, k)`` tensor on ``fixed``'s device; rows without observations are
+    0. ``previous`` (the current factors of the rows being solved) is the CG warm start.
+    ``woodbury``: ``None`` makes rows with ``L ≤ 3k/4`` eligible for the Woodbury path when
+    ``k ≥ WOODBURY_MIN_K``; ``True`` at any ``k``; ``False`` never. An eligible batch takes it
+    only when (W3) of the module docstring holds, else the ``k × k`` Cholesky path (decided
+    inside the batch's graph; :func:`route_batches` tells which). ``batches_in_flight``: how
+    many batches are solved concurrently, over all of the plan's devices (from that many
+    Python threads; every batch is independent, so the result does not depend on it);
+    ``None``: the devices' (:func:`trainer.device.batches_in_flight`).
+
+    Several devices: ``fixed`` (and ``previous``), ``B0`` and the Woodbury inputs are computed
+    once on ``fixed``'s device and copied to the others, each batch is solved on the device
+    that holds its entries, and the solutions are gathered back; so every batch sees the same
+    inputs and the factors equal a one-device run's.
     """
     tf = _tf()
     k = int(fixed.shape[1])
     kern = _kernels(fixed.dtype.name, int(cg_steps))
+    primary = fixed.device
+    devices = plan.devices
     base = _base(fixed, w0, regularization)
     eligible = _woodbury_eligible(plan, k, solver, woodbury)
     wb = _woodbury_inputs(fixed, base) if any(eligible) else None
+    fixed_on = _replicate(fixed, devices)
+    base_on = _replicate(base, devices)
+    wb_on = {d: _WoodburyInputs(*(_replicate(t, [d])[d] for t in (
+        wb.fixed_binv, wb.base_inv, wb.h, wb.max_load))) for d in devices} if wb else None
+    prev_on = _replicate(previous, devices) if solver == "cg" else None
     # rows per k × k chunk when (W3) sends a short-row batch there
-    chunk = tf.constant(max(1, plan.max_batch_floats // (k * k)), tf.int32)
-    device = fixed.device
+    chunk = max(1, plan.max_batch_floats // (k * k))
 
     def solve(t: int) -> Any:
         b = plan.batches[t]
-        with tf.device(device):  # device scopes are per thread
+        d = plan.device_of(b)
+        idx, extra, wa = plan.expand(b)
+        with tf.device(d):  # device scopes are per thread
             if eligible[t]:
+                w = wb_on[d]
                 return kern["woodbury"](
-                    fixed, wb.fixed_binv, base, wb.base_inv, wb.h, wb.max_load, chunk,
-                    b.idx, b.extra, b.wa,
+                    fixed_on[d], w.fixed_binv, base_on[d], w.base_inv, w.h, w.max_load,
+                    tf.constant(chunk, tf.int32), idx, extra, wa,
                 )
             if solver == "cholesky":
-                return kern["cholesky"](fixed, base, b.idx, b.extra, b.wa)
-            return kern["cg"](fixed, base, b.idx, b.extra, b.wa, tf.gather(previous, b.rows))
+                return kern["cholesky"](fixed_on[d], base_on[d], idx, extra, wa)
+            return kern["cg"](fixed_on[d], base_on[d], idx, extra, wa,
+                              tf.gather(prev_on[d], b.rows))
 
-    if batches_in_flight is None:
-        batches_in_flight = device_policy.batches_in_flight(device)
-    n = len(plan.batches)
-    outs = []
-    if batches_in_flight <= 1 or n <= 1:
-        for t in range(n):
-            outs.append(solve(t))
-            if progress is not None:
-                progress(stage, t + 1, n)
-    else:
-        with ThreadPoolExecutor(max_workers=batches_in_flight) as pool:
-            for t, out in enumerate(pool.map(solve, range(n))):
-                outs.append(out)
-                if progress is not None:
-                    progress(stage, t + 1, n)
-    outs.append(tf.zeros([1, k], dtype=fixed.dtype))
-    return tf.gather(tf.concat(outs, axis=0), plan.inverse)
+    outs = _run_batches(plan, solve, batches_in_flight, progress, stage)
+    with tf.device(primary):
+        outs.append(tf.zeros([1, k], dtype=fixed.dtype))
+        return tf.gather(tf.concat(outs, axis=0), plan.inverse)
 
 
 def compute_loss(
@@ -503,30 +453,30 @@ def compute_loss(
     ``batches_in_flight`` at a time (as in :func:`solve_half_sweep`) and summed in batch order,
     so the result does not depend on it."""
     tf = _tf()
-    u64 = tf.cast(u, tf.float64)
-    v64 = tf.cast(v, tf.float64)
+    with tf.device(u.device):
+        u64 = tf.cast(u, tf.float64)
+        v64 = tf.cast(v, tf.float64)
     kern = _kernels(u.dtype.name, 1)
-    device = u.device
+    u_on, v_on = _replicate(u64, plan.devices), _replicate(v64, plan.devices)
 
-    def term(b: _Batch) -> Any:
-        with tf.device(device):
-            return kern["loss"](u64, v64, b.rows, b.idx, b.extra, b.wa)
+    def term(t: int) -> Any:
+        b = plan.batches[t]
+        d = plan.device_of(b)
+        idx, extra, wa = plan.expand(b)
+        with tf.device(d):
+            return kern["loss"](u_on[d], v_on[d], b.rows, idx, extra, wa)
 
-    if batches_in_flight is None:
-        batches_in_flight = device_policy.batches_in_flight(device)
-    if batches_in_flight <= 1 or len(plan.batches) <= 1:
-        terms = [term(b) for b in plan.batches]
-    else:
-        with ThreadPoolExecutor(max_workers=batches_in_flight) as pool:
-            terms = list(pool.map(term, plan.batches))
-    obs = tf.constant(0.0, tf.float64)
+    terms = _run_batches(plan, term, batches_in_flight, None, "loss")
+    obs = 0.0
     for t in terms:
-        obs += t
-    full = w0 * tf.reduce_sum(
-        tf.linalg.matmul(u64, u64, transpose_a=True) * tf.linalg.matmul(v64, v64, transpose_a=True)
-    )
-    unreg = plan.sum_waa + float(obs.numpy()) + float(full.numpy())
-    reg = regularization * float((tf.reduce_sum(u64 * u64) + tf.reduce_sum(v64 * v64)).numpy())
+        obs += float(t.numpy())
+    with tf.device(u.device):
+        full = w0 * tf.reduce_sum(
+            tf.linalg.matmul(u64, u64, transpose_a=True)
+            * tf.linalg.matmul(v64, v64, transpose_a=True)
+        )
+        reg = regularization * float((tf.reduce_sum(u64 * u64) + tf.reduce_sum(v64 * v64)).numpy())
+    unreg = plan.sum_waa + obs + float(full.numpy())
     sum_w = w0 * float(plan.nrows) * float(plan.ncols) + plan.sum_extra
     rwse = float(np.sqrt(max(unreg, 0.0) / sum_w)) if sum_w > 0 else float("nan")
     return {
@@ -592,10 +542,13 @@ class WALSModel:
         Seed (≥ 0) of the initial factors.
     calculate_training_loss : bool
         Compute the loss (module docstring) after every sweep into :attr:`history`.
-    device : str, optional
-        TensorFlow device; default :func:`trainer.device.default_device`.
+    device : str or sequence of str, optional
+        TensorFlow device(s). Several: the row solves of every half-sweep are spread over
+        them, the factors live on the first, and the result equals a one-device fit's.
+        Default (:func:`trainer.device.compute_devices`): every visible GPU, else the CPU.
     max_batch_floats : int, optional
-        Floats one batch may gather; default :func:`trainer.device.max_batch_floats`.
+        Floats one batch may gather; default :func:`trainer.device.max_batch_floats` (the
+        smallest over the devices).
 
     Raises
     ------
@@ -622,7 +575,7 @@ class WALSModel:
         dtype: DType = DEFAULTS.dtype,
         random_state: int = DEFAULTS.random_state,
         calculate_training_loss: bool = DEFAULTS.calculate_training_loss,
-        device: str | None = None,
+        device: str | Sequence[str] | None = None,
         max_batch_floats: int | None = None,
     ) -> None:
         validate(
@@ -649,7 +602,7 @@ class WALSModel:
         self.dtype = dtype
         self.random_state = int(random_state)
         self.calculate_training_loss = calculate_training_loss
-        self.device = device
+        self.device = device if device is None or isinstance(device, str) else list(device)
         self._max_batch_floats = None if max_batch_floats is None else int(max_batch_floats)
         self.user_factors: np.ndarray | None = None
         self.item_factors: np.ndarray | None = None
@@ -664,7 +617,8 @@ class WALSModel:
         """The batch cap: as given, else the device's (:func:`trainer.device.max_batch_floats`)."""
         if self._max_batch_floats is not None:
             return self._max_batch_floats
-        return device_policy.max_batch_floats(self._device(), np.dtype(self.dtype).itemsize)
+        itemsize = np.dtype(self.dtype).itemsize
+        return min(device_policy.max_batch_floats(d, itemsize) for d in self.devices())
 
     def hyperparameters(self) -> dict:
         """The hyperparameters that determine the factors, by their keyword names (with the
@@ -683,8 +637,14 @@ class WALSModel:
             "random_state": self.random_state,
         }
 
+    def devices(self) -> list[str]:
+        """The devices the row solves are spread over (:func:`trainer.device.compute_devices`:
+        ``device`` as given, else every GPU TensorFlow sees, else the CPU); the first holds
+        the factors."""
+        return device_policy.compute_devices(self.device)
+
     def _device(self) -> str:
-        return device_policy.resolve(self.device)
+        return self.devices()[0]
 
     def initial_factors(self, nusers: int, nitems: int) -> tuple[np.ndarray, np.ndarray]:
         """Seeded N(0, 0.1²/k) initial factors (``V`` is what the first row half-sweep uses;
@@ -694,19 +654,6 @@ class WALSModel:
         v = (rng.standard_normal((nitems, self.factors)) * scale).astype(self.dtype)
         u = (rng.standard_normal((nusers, self.factors)) * scale).astype(self.dtype)
         return u, v
-
-    def entry_weights(
-        self, user_items: CSR, item_users: CSR
-    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        """``(W, A)`` per stored entry of each orientation."""
-        rho, gamma = self.row_weights, self.col_weights
-        ui = wts.observed(
-            self.weighting, user_items.values, rho[user_items.row_ids()], gamma[user_items.indices]
-        )
-        iu = wts.observed(
-            self.weighting, item_users.values, rho[item_users.indices], gamma[item_users.row_ids()]
-        )
-        return ui, iu
 
     def prepare(
         self,
@@ -724,7 +671,7 @@ class WALSModel:
         user_items = CSR.from_compressed_rows(user_items, "user_items")
         if item_users is not None:
             item_users = CSR.from_compressed_rows(item_users, "item_users")
-        item_users = _check_matrices(user_items, item_users)
+        _check_matrices(user_items, item_users)
         nusers, nitems = user_items.shape
         if row_weights is None:
             row_weights = np.ones(nusers)
@@ -735,12 +682,11 @@ class WALSModel:
         if row_weights.shape != (nusers,) or col_weights.shape != (nitems,):
             raise TrainerInputError("row_weights/col_weights must have nusers/nitems entries")
         self.row_weights, self.col_weights = row_weights, col_weights
-        (w_ui, a_ui), (w_iu, a_iu) = self.entry_weights(user_items, item_users)
-        w0 = self.weighting.w0
         args = (self.factors, self.batch_size, self.max_batch_floats, tf.as_dtype(self.dtype),
-                self._device())
-        user_plan = build_plan(user_items, w_ui, a_ui, w0, *args)
-        item_plan = build_plan(item_users, w_iu, a_iu, w0, *args)
+                self.devices())
+        user_plan, item_plan = build_plans(
+            user_items, item_users, self.weighting, row_weights,
+            col_weights, *args)
         self.user_items = user_items
         return user_plan, item_plan
 
@@ -1023,9 +969,9 @@ class WALSModel:
         return out
 
 
-def _check_matrices(user_items: CSR, item_users: CSR | None) -> CSR:
+def _check_matrices(user_items: CSR, item_users: CSR | None) -> None:
     """Refuses an empty, all-zero or non-finite rating matrix, or an ``item_users`` that is not
-    its transpose; returns ``item_users`` (computed when ``None``)."""
+    its transpose."""
     if not isinstance(user_items, CSR):
         raise TrainerInputError("user_items must be a trainer.sparse.CSR")
     if user_items.shape[0] < 1 or user_items.shape[1] < 1:
@@ -1034,11 +980,8 @@ def _check_matrices(user_items: CSR, item_users: CSR | None) -> CSR:
         raise TrainerInputError("the rating matrix has no entries")
     if not np.all(np.isfinite(user_items.values)):
         raise TrainerInputError("NaN/inf ratings refused")
-    if item_users is None:
-        return user_items.transpose()
-    if not item_users.same_entries_as_transpose_of(user_items):
+    if item_users is not None and not item_users.same_entries_as_transpose_of(user_items):
         raise TrainerInputError("item_users is not the transpose of user_items")
-    return item_users
 
 
 def _merge_ratings(

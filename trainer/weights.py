@@ -45,6 +45,7 @@ The solver needs ``W_ij ≥ w0`` on Ω (so each normal-equation matrix is positi
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -125,3 +126,38 @@ def observed(
     else:
         w = 1.0 + weighting.alpha * np.log1p(r / weighting.epsilon)
     return w, (r > 0).astype(np.float64)
+
+
+def observed_tf(
+    objective: str,
+    confidence: str,
+    r: Any,
+    rho: Any,
+    gamma: Any,
+    alpha: Any,
+    epsilon: Any,
+    w0: Any,
+) -> tuple[Any, Any]:
+    """``(W − w0, W·A)`` for observed entries, in TensorFlow, in the dtype of ``r``: the
+    equations of :func:`observed` (module docstring), for the solver's batches.
+
+    ``rho`` / ``gamma`` are ``ρ_i`` / ``γ_j`` broadcastable to ``r``; the objective's scalars
+    are tensors so that one trace serves every value. Computed as the solver uses them, without
+    forming ``W`` first::
+
+        wals:      W − w0 = ρ_i γ_j,              W·A = (w0 + ρ_i γ_j) r_ij
+        implicit:  W − w0 = α r  or  α log(1 + r/ε),   W·A = (1 + W − w0) · [r > 0]
+
+    (``w0 = 1`` for ``implicit``). The inputs are validated on the host by :func:`observed`
+    before a plan is built (:mod:`trainer.plan`).
+    """
+    import tensorflow as tf
+
+    if objective == "wals":
+        extra = rho * gamma * tf.ones_like(r)
+        return extra, (w0 + extra) * r
+    if confidence == "linear":
+        extra = alpha * r
+    else:
+        extra = alpha * tf.math.log1p(r / epsilon)
+    return extra, tf.where(r > 0, 1.0 + extra, tf.zeros_like(r))

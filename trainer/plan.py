@@ -1,0 +1,312 @@
+r"""The batch plan of a half-sweep: which rows are solved together, where their data lives.
+
+A half-sweep solves every non-empty row of one orientation (users × items, or items × users)
+against the other side's fixed factors (:mod:`trainer.wals`). This module decides how:
+
+* Rows are sorted by length and grouped into buckets whose lengths differ by at most a
+  factor 2^(1/4); each bucket is cut into batches of at most ``batch_size`` rows and at most
+  ``max_batch_floats`` gathered floats (``B·L·k``, and ``B·k²`` for rows on the ``k × k``
+  path, ``4L > 3k``). A batch is solved as a padded ``(B, L)`` block, padding with weight 0.
+* Batches are spread over the compute devices (greedily, largest first, onto the device with
+  the least padded floats so far), so that a half-sweep keeps every device busy; every
+  batch is computed the same way wherever it runs, so the factors do not depend on how many
+  devices there are.
+* What is stored, per device, is the entries of that device's batches, *unpadded*: the
+  column ID (int32) and the rating (float32) of each entry, 8 bytes, laid out batch after
+  batch, plus 8 bytes per row (its ID and length). The padded ``(B, L)`` blocks of column
+  IDs, ``W − w0`` and ``W·A`` exist only while a batch is solved (:meth:`SweepPlan.expand`),
+  and the weights are computed there from the ratings
+  (:func:`trainer.weights.observed_tf`, the equations of :mod:`trainer.weights`). Both
+  orientations together hold ``16·nnz`` bytes (the same as a CSR matrix and its transpose)
+  where a padded float32 layout of IDs, weights and targets took about ``26·nnz``.
+* Building a plan needs no transposed copy of the matrix: the items × users orientation is
+  read through one stable permutation of the user × item entries.
+
+The per-orientation sums the loss needs (``Σ_Ω W A²`` and ``Σ_Ω (W − w0)``) are computed here in
+float64 from :func:`trainer.weights.observed`, a chunk of entries at a time, which also
+validates the ratings and weights (negative confidences, negative weights) before anything is
+placed on a device.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from trainer import weights as wts
+from trainer.sparse import CSR
+
+# entries per chunk when the loss sums are computed on the host (bounds the float64 temporaries)
+_SUM_CHUNK = 1 << 20
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+@dataclass
+class Batch:
+    """One padded ``(B, L)`` block of rows solved together, held on one device."""
+
+    rows: Any  # tf int32 (B,) row IDs
+    cols: Any  # tf int32 (B, L) column IDs, −1 in the padding
+    ratings: Any  # tf float (B, L) ratings r_ij, 0 in the padding
+    width: int  # L
+    nnz: int
+    part: int  # index into SweepPlan.parts: the device
+
+
+@dataclass
+class Part:
+    """What one device holds of an orientation besides its batches: the weight vectors."""
+
+    device: str
+    row_weights: Any  # tf float (nrows,): ρ_i (users × items) or γ_j (items × users)
+    col_weights: Any  # tf float (ncols,): γ_j or ρ_i
+
+
+@dataclass
+class SweepPlan:
+    """The batches of one orientation and where they are (see module doc)."""
+
+    nrows: int
+    ncols: int
+    batches: list[Batch]
+    parts: list[Part]
+    inverse: Any  # tf int32 (nrows,) on the primary device: row i's place in the batch outputs
+    weighting: wts.Weighting
+    sum_waa: float  # Σ_Ω W A²   (float64)
+    sum_extra: float  # Σ_Ω (W − w0)
+    nnz: int
+    max_batch_floats: int = 1 << 62  # the cap the batches were cut with (chunks the fallback)
+
+    @property
+    def devices(self) -> list[str]:
+        return [p.device for p in self.parts]
+
+    @property
+    def primary(self) -> str:
+        """Where the factors and the assembled result live."""
+        return self.parts[0].device
+
+    def device_of(self, batch: Batch) -> str:
+        return self.parts[batch.part].device
+
+    def stored_bytes(self) -> int:
+        """Bytes the plan holds on its devices (entries, per-row data, weights, inverse)."""
+        total = int(self.inverse.shape[0]) * 4
+        for p in self.parts:
+            total += sum(int(t.shape[0]) * t.dtype.size for t in (p.row_weights, p.col_weights))
+        for b in self.batches:
+            total += int(b.rows.shape[0]) * 4 + b.width * int(b.rows.shape[0]) * (
+                4 + b.ratings.dtype.size)
+        return total
+
+    def expand(self, batch: Batch) -> tuple[Any, Any, Any]:
+        """The padded ``(B, L)`` column IDs, ``W − w0`` and ``W·A`` of ``batch`` (0 in the
+        padding), computed on the batch's device."""
+        tf = _tf()
+        part = self.parts[batch.part]
+        w = self.weighting
+        dt = batch.ratings.dtype
+        fn = _expand_fn(dt.name, w.objective, w.confidence)
+        with tf.device(part.device):
+            return fn(
+                batch.cols, batch.ratings, batch.rows, part.row_weights, part.col_weights,
+                tf.constant(w.alpha, dt), tf.constant(w.epsilon, dt), tf.constant(w.w0, dt),
+            )
+
+
+@functools.lru_cache(maxsize=None)
+def _expand_fn(dtype_name: str, objective: str, confidence: str) -> Any:
+    """The ``tf.function`` behind :meth:`SweepPlan.expand` (one trace per dtype and objective)."""
+    tf = _tf()
+    dt = tf.as_dtype(dtype_name)
+    vec = tf.TensorSpec([None], dt)
+    scalar = tf.TensorSpec([], dt)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
+                                  tf.TensorSpec([None, None], dt), tf.TensorSpec([None], tf.int32),
+                                  vec, vec, scalar, scalar, scalar])
+    def expand(cols, ratings, rows, row_weights, col_weights, alpha, epsilon, w0):
+        mask = cols >= 0
+        idx = tf.maximum(cols, 0)
+        if objective == "wals":  # only its weights depend on the row and column
+            rho = tf.gather(row_weights, rows)[:, None]
+            gamma = tf.gather(col_weights, idx)
+        else:
+            rho = gamma = None
+        extra, wa = wts.observed_tf(objective, confidence, ratings, rho, gamma, alpha, epsilon, w0)
+        zero = tf.zeros_like(ratings)
+        return idx, tf.where(mask, extra, zero), tf.where(mask, wa, zero)
+
+    return expand
+
+
+# --------------------------------------------------------------------------- building
+def _cut_batches(
+    lengths: np.ndarray, k: int, batch_size: int, max_batch_floats: int
+) -> list[np.ndarray]:
+    """Row IDs of each batch (module doc): length buckets of ratio 2^(1/4), capped batches."""
+    nonempty = np.flatnonzero(lengths)
+    order = nonempty[np.argsort(lengths[nonempty], kind="stable")]
+    slen = lengths[order]
+    bucket = np.floor(4.0 * np.log2(np.maximum(slen, 1))).astype(np.int64)
+    cuts = np.flatnonzero(np.diff(bucket)) + 1
+    out: list[np.ndarray] = []
+    for grp in np.split(np.arange(order.size), cuts) if order.size else []:
+        rows_g = order[grp]
+        width = int(slen[grp].max())
+        cap = min(batch_size, max_batch_floats // (width * k))
+        if 4 * width > 3 * k:  # the k × k path forms B matrices of k² floats
+            cap = min(cap, max_batch_floats // (k * k))
+        cap = max(1, cap)
+        out.extend(rows_g[s : s + cap] for s in range(0, rows_g.size, cap))
+    return out
+
+
+def _assign(sizes: Sequence[int], ndevices: int) -> list[int]:
+    """Device of each batch: largest first onto the least loaded device (ties: lowest index)."""
+    load = [0] * ndevices
+    device = [0] * len(sizes)
+    for t in sorted(range(len(sizes)), key=lambda t: (-sizes[t], t)):
+        d = min(range(ndevices), key=lambda d: (load[d], d))
+        device[t] = d
+        load[d] += sizes[t]
+    return device
+
+
+def _build(
+    indptr: np.ndarray,
+    entries: Any,
+    shape: tuple[int, int],
+    row_weights: np.ndarray,
+    col_weights: np.ndarray,
+    sums: tuple[float, float],
+    weighting: wts.Weighting,
+    k: int,
+    batch_size: int,
+    max_batch_floats: int,
+    dtype: Any,
+    devices: Sequence[str],
+) -> SweepPlan:
+    """A plan for the orientation whose row ``i`` holds entries ``indptr[i]:indptr[i+1]``;
+    ``entries(pos)`` returns the (column IDs, ratings) at those positions."""
+    tf = _tf()
+    lengths = np.diff(indptr)
+    row_sets = _cut_batches(lengths, k, batch_size, max_batch_floats)
+    widths = [int(lengths[r].max()) for r in row_sets]
+    owner = _assign([r.size * w for r, w in zip(row_sets, widths)], len(devices))
+    # interleave the devices' batches, so that a pool of threads keeps every device busy
+    queues = [[t for t in range(len(row_sets)) if owner[t] == d] for d in range(len(devices))]
+    order = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+    npdt = np.dtype(dtype.as_numpy_dtype)
+    parts: list[Part] = []
+    for dev in devices:
+        with tf.device(dev):
+            parts.append(Part(
+                device=dev,
+                row_weights=tf.identity(tf.constant(row_weights.astype(npdt))),
+                col_weights=tf.identity(tf.constant(col_weights.astype(npdt))),
+            ))
+    batches: list[Batch] = []
+    for t in order:
+        rows, width = row_sets[t], widths[t]
+        lens = lengths[rows]
+        slot = np.arange(width)[None, :]
+        mask = slot < lens[:, None]
+        pos = np.where(mask, indptr[rows][:, None] + slot, 0)
+        c, r = entries(pos)
+        with tf.device(devices[owner[t]]):
+            batches.append(Batch(
+                rows=tf.identity(tf.constant(rows.astype(np.int32))),
+                cols=tf.identity(tf.constant(np.where(mask, c, -1).astype(np.int32))),
+                ratings=tf.identity(tf.constant(np.where(mask, r, 0).astype(npdt))),
+                width=width, nnz=int(lens.sum()), part=owner[t],
+            ))
+    solved = np.concatenate([row_sets[t] for t in order]) if order else np.zeros(0, np.int64)
+    inverse = np.full(shape[0], solved.size, dtype=np.int32)  # empty rows → the zero row
+    inverse[solved] = np.arange(solved.size, dtype=np.int32)
+    with tf.device(devices[0]):
+        inv = tf.identity(tf.constant(inverse))
+    return SweepPlan(
+        nrows=shape[0], ncols=shape[1], batches=batches, parts=parts, inverse=inv,
+        weighting=weighting, sum_waa=sums[0], sum_extra=sums[1], nnz=int(indptr[-1]),
+        max_batch_floats=int(max_batch_floats),
+    )
+
+
+def _loss_sums(
+    user_items: CSR, weighting: wts.Weighting, row_weights: np.ndarray, col_weights: np.ndarray
+) -> tuple[float, float]:
+    """``Σ_Ω W A²`` and ``Σ_Ω (W − w0)`` in float64, a chunk of rows at a time; raises what
+    :func:`trainer.weights.observed` raises (e.g. negative confidences)."""
+    sum_waa = sum_extra = 0.0
+    indptr = user_items.indptr
+    start = 0
+    nrows = user_items.shape[0]
+    while start < nrows:
+        stop = int(np.searchsorted(indptr, indptr[start] + _SUM_CHUNK, side="right"))
+        stop = min(nrows, max(stop - 1, start + 1))
+        s, e = indptr[start], indptr[stop]
+        rows = np.repeat(np.arange(start, stop), np.diff(indptr[start : stop + 1]))
+        w, a = wts.observed(
+            weighting, user_items.values[s:e], row_weights[rows],
+            col_weights[user_items.indices[s:e]],
+        )
+        sum_waa += float(np.sum(w * a * a))
+        sum_extra += float(np.sum(w - weighting.w0))
+        start = stop
+    return sum_waa, sum_extra
+
+
+def build_plans(
+    user_items: CSR,
+    item_users: CSR | None,
+    weighting: wts.Weighting,
+    row_weights: np.ndarray,
+    col_weights: np.ndarray,
+    k: int,
+    batch_size: int,
+    max_batch_floats: int,
+    dtype: Any,
+    devices: Sequence[str],
+) -> tuple[SweepPlan, SweepPlan]:
+    """The users × items and items × users plans of ``user_items`` on ``devices``.
+
+    ``item_users``, when given, must be the transpose of ``user_items`` (the caller checks);
+    otherwise the items × users orientation is read through a stable permutation of
+    ``user_items``'s entries (no transposed copy). ``row_weights`` / ``col_weights`` are
+    ``ρ`` (per user) and ``γ`` (per item)."""
+    nusers, nitems = user_items.shape
+    sums = _loss_sums(user_items, weighting, row_weights, col_weights)
+    common = (weighting, k, batch_size, max_batch_floats, dtype, devices)
+    uv = user_items.values
+
+    def user_entries(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return user_items.indices[pos], uv[pos]
+
+    user_plan = _build(user_items.indptr, user_entries, (nusers, nitems), row_weights,
+                       col_weights, sums, *common)
+    if item_users is not None:
+        def item_entries(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return item_users.indices[pos], item_users.values[pos]
+
+        item_indptr = item_users.indptr
+    else:
+        perm = np.argsort(user_items.indices, kind="stable")  # item-major, users ascending
+        user_of = np.repeat(np.arange(nusers, dtype=np.int32), user_items.row_lengths())
+        item_indptr = np.zeros(nitems + 1, np.int64)
+        np.cumsum(np.bincount(user_items.indices, minlength=nitems), out=item_indptr[1:])
+
+        def item_entries(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            e = perm[pos]
+            return user_of[e], uv[e]
+
+    item_plan = _build(item_indptr, item_entries, (nitems, nusers), col_weights, row_weights,
+                       sums, *common)
+    return user_plan, item_plan
