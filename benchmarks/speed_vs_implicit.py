@@ -86,6 +86,7 @@ import numpy as np
 
 from benchmarks.common import REPO, RESULTS, machine, versions
 from benchmarks.synthetic import describe, movielens_20m_like
+from trainer.hparams import DEFAULTS
 from trainer.sparse import CSR
 
 
@@ -105,6 +106,24 @@ def implicit_csr(m: CSR, alpha: float) -> Any:
 
     data = (1.0 + alpha * m.values.astype(np.float64)).astype(np.float32)
     return scipy.sparse.csr_matrix((data, m.indices, m.indptr), shape=m.shape)
+
+
+def objective(m: CSR, u: np.ndarray, v: np.ndarray, alpha: float, lam: float) -> float:
+    """The shared objective of the module docstring at factors ``u``, ``v``, in float64 NumPy
+    (independent of both libraries' code), using ``Σ_all p² = Σ (UᵀU ⊙ VᵀV)``::
+
+        L = Σ_Ω [(1 + α r)(1 − p)² − p²] + Σ (UᵀU ⊙ VᵀV) + λ (‖U‖² + ‖V‖²),   p = u_i·v_j
+    """
+    u = np.asarray(u, np.float64)
+    v = np.asarray(v, np.float64)
+    total = float(np.sum((u.T @ u) * (v.T @ v))) + lam * float(np.sum(u * u) + np.sum(v * v))
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    for s in range(0, m.nnz, 1 << 17):  # 128 Ki entries at a time: bounded temporaries
+        e = slice(s, s + (1 << 17))
+        p = np.einsum("ij,ij->i", u[rows[e]], v[m.indices[e]])
+        c = 1.0 + alpha * m.values[e].astype(np.float64)
+        total += float(np.sum(c * (1.0 - p) ** 2 - p * p))
+    return total
 
 
 def code_version() -> dict:
@@ -190,16 +209,26 @@ def _matrix(path: str) -> CSR:
     return _MATRICES[path]
 
 
+# pair name -> (ours run, implicit run); a run is (library, solver)
+PAIRS = {
+    "default": (("ours", DEFAULTS.solver), ("implicit", "cg")),  # implicit's default: use_cg=True
+    "cg": (("ours", "cg"), ("implicit", "cg")),
+    "exact": (("ours", "cholesky"), ("implicit", "cholesky")),
+}
+
+
 def run_ours(spec: dict) -> dict:
     """One ``WALSModel.fit`` of ``1 + repeats`` sweeps; per-sweep seconds from its history."""
     from trainer.device import default_device
     from trainer.wals import WALSModel
 
     m = _matrix(spec["matrix"])
+    # the library's defaults but for the compared hyperparameters (loss off: it is computed
+    # below, by the same NumPy function for both libraries, outside the measured window)
     model = WALSModel(
         factors=spec["k"], regularization=spec["regularization"], objective="implicit",
-        alpha=spec["alpha"], confidence="linear", solver=spec["solver"], cg_steps=3, random_state=0,
-        iterations=1 + spec["repeats"], calculate_training_loss=True,
+        alpha=spec["alpha"], confidence="linear", solver=spec["solver"], random_state=0,
+        iterations=spec["sweeps"],
     )
     mem = _Memory()
     marks: list[float] = []
@@ -213,17 +242,19 @@ def run_ours(spec: dict) -> dict:
 
     model.fit(m, callback=on_sweep)
     wall = time.perf_counter() - t0
+    memory = mem.done()
     sweeps = [float(h["seconds"]) for h in model.history]
     return {
         "sweep_seconds": sweeps,
         "timed_sweeps": sweeps[1:],
         "cpu_seconds_between_callbacks": np.diff([c0, *cpu]).tolist(),
-        "loss_seconds": [marks[i] - marks[i - 1] - sweeps[i] for i in range(1, len(marks))],
-        "setup_and_first_loss_seconds": marks[0] - t0 - sweeps[0],
+        "between_sweeps_seconds": [marks[i] - marks[i - 1] - sweeps[i] for i in range(1, len(marks))],
+        "setup_seconds": marks[0] - t0 - sweeps[0],
         "fit_wall_seconds": wall,
-        **mem.done(),
-        "device": default_device(),
-        "final_loss": float(model.history[-1]["loss"]),
+        **memory,
+        "devices": model.devices(),
+        "objective": objective(m, model.user_factors, model.item_factors, spec["alpha"],
+                               spec["regularization"]),
     }
 
 
@@ -232,7 +263,7 @@ def run_implicit(spec: dict) -> dict:
     callback."""
     kw = dict(
         factors=spec["k"], regularization=spec["regularization"], alpha=1.0,
-        dtype=np.float32, use_cg=spec["solver"] == "cg", iterations=spec["repeats"],
+        dtype=np.float32, use_cg=spec["solver"] == "cg", iterations=spec["sweeps"],
         calculate_training_loss=False, random_state=0,
     )
     if spec["device"] == "gpu":
@@ -261,14 +292,20 @@ def run_implicit(spec: dict) -> dict:
 
     model.fit(cui, show_progress=False, callback=on_iteration)
     wall = time.perf_counter() - t0
+    memory = mem.done()
+    uf, vf = model.user_factors, model.item_factors
+    if hasattr(uf, "to_numpy"):  # implicit.gpu matrices
+        uf, vf = uf.to_numpy(), vf.to_numpy()
     return {
         "sweep_seconds": times,
-        "timed_sweeps": times,
+        "timed_sweeps": times[1:],
         "cpu_seconds_between_callbacks": np.diff([c0, *cpu]).tolist(),
         "fit_wall_seconds": wall,
         "setup_seconds": wall - sum(times),
-        **mem.done(),
+        **memory,
         "device": device,
+        "objective": objective(_matrix(spec["matrix"]), uf, vf, spec["alpha"],
+                               spec["regularization"]),
     }
 
 
@@ -408,12 +445,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--ks", type=int, nargs="+", default=[32, 64, 128])
-    p.add_argument("--repeats", type=int, default=3, help="timed sweeps per CG run")
-    p.add_argument("--cholesky_repeats", type=int, default=1,
-                   help="timed sweeps per exact-solver run (implicit's takes minutes at k = 128)")
-    p.add_argument("--solvers", nargs="+", choices=["cg", "cholesky"], default=["cg", "cholesky"])
+    p.add_argument("--sweeps", type=int, default=4,
+                   help="sweeps per fit (>= 2); the first is not timed, the objective is taken "
+                   "after the last")
+    p.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=["default", "exact"],
+                   help="default: each library's default solver; cg: both CG; exact: both exact")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--alpha", type=float, default=10.0)
     p.add_argument("--regularization", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
@@ -422,8 +460,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="results JSON (default under benchmarks/results/)")
     p.add_argument("--plot", default=None, help="plot PNG (default beside the JSON)")
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.cholesky_repeats < 1:
-        p.error("--repeats and --cholesky_repeats must be >= 1")
+    if args.sweeps < 2:
+        p.error("--sweeps must be >= 2")
     suffix = "" if args.scale == 1.0 else f"_scale{args.scale:g}"
     suffix += "" if args.device == "cpu" else f"_{args.device}"
     out = args.out or os.path.join(RESULTS, f"speed_vs_implicit{suffix}.json")
@@ -460,26 +498,24 @@ def main(argv: list[str] | None = None) -> None:
             del m
             common = {"matrix": path, "threads": args.threads, "alpha": args.alpha,
                       "regularization": args.regularization, "device": args.device}
+            runs = sorted({run for pair in args.pairs for run in PAIRS[pair]})
             for k in args.ks:
-                for solver in args.solvers:
-                    for lib in ("ours", "implicit"):  # the pair back to back
-                        reps = args.repeats if solver == "cg" else args.cholesky_repeats
-                        spec = {**common, "k": k, "solver": solver, "repeats": reps}
-                        r = {"lib": lib, "solver": solver, "k": k, **workers[lib].run(lib, spec)}
-                        if "timed_sweeps" in r:
-                            r["median_seconds_per_sweep"] = statistics.median(r["timed_sweeps"])
-                            if r.get("loss_seconds"):
-                                r["median_loss_seconds"] = statistics.median(r["loss_seconds"])
-                        results.append(r)
-                        print(
-                            f"k={k:4d} {solver:8s} {lib:8s}: "
-                            + (f"{r['median_seconds_per_sweep']:8.3f} s/sweep (sweeps "
-                               + ", ".join(f"{s:.3f}" for s in r["sweep_seconds"])
-                               + f"), peak RSS {r['peak_rss'] / 2**30:.2f} GiB"
-                               if "median_seconds_per_sweep" in r else str(r))
-                            + f", load {r['load_average_before']:.1f}->{r['load_average_after']:.1f}",
-                            flush=True,
-                        )
+                for lib, solver in sorted(runs, key=lambda r: (r[1], r[0] != "ours")):
+                    spec = {**common, "k": k, "solver": solver, "sweeps": args.sweeps}
+                    r = {"lib": lib, "solver": solver, "k": k, **workers[lib].run(lib, spec)}
+                    if "timed_sweeps" in r:
+                        r["median_seconds_per_sweep"] = statistics.median(r["timed_sweeps"])
+                    results.append(r)
+                    print(
+                        f"k={k:4d} {solver:8s} {lib:8s}: "
+                        + (f"{r['median_seconds_per_sweep']:8.3f} s/sweep (sweeps "
+                           + ", ".join(f"{s:.3f}" for s in r["sweep_seconds"])
+                           + f"), above baseline {(r['peak_rss'] - r['rss_before_fit']) / 2**20:.0f}"
+                           + f" MiB, objective {r['objective']:.6g}"
+                           if "median_seconds_per_sweep" in r else str(r))
+                        + f", load {r['load_average_before']:.1f}->{r['load_average_after']:.1f}",
+                        flush=True,
+                    )
             if args.check_scale > 0 and args.device == "cpu":  # last: timings stay unaffected
                 cpath = os.path.join(tmp, "check.npz")
                 save_matrix(movielens_20m_like(args.seed, args.check_scale), cpath)
@@ -495,18 +531,20 @@ def main(argv: list[str] | None = None) -> None:
                 w.close()
     ratios = []
     for k in args.ks:
-        for solver in args.solvers:
-            o, i = (next(r for r in results if r["lib"] == lib and r["k"] == k and r["solver"] == solver)
-                    for lib in ("ours", "implicit"))
+        for pair in args.pairs:
+            o, i = (next(r for r in results if (r["lib"], r["solver"]) == run and r["k"] == k)
+                    for run in PAIRS[pair])
             if "median_seconds_per_sweep" in o and "median_seconds_per_sweep" in i:
+                above = [(r["peak_rss"] - r["rss_before_fit"]) / 2**20 for r in (o, i)]
                 ratios.append({
-                    "k": k, "solver": solver,
+                    "k": k, "pair": pair, "ours_solver": o["solver"], "implicit_solver": i["solver"],
                     "ours_s_per_sweep": o["median_seconds_per_sweep"],
                     "implicit_s_per_sweep": i["median_seconds_per_sweep"],
                     "ratio_ours_over_implicit": o["median_seconds_per_sweep"] / i["median_seconds_per_sweep"],
-                    "ours_peak_rss_gib": o["peak_rss"] / 2**30,
-                    "implicit_peak_rss_gib": i["peak_rss"] / 2**30,
-                    "ours_loss_s_per_sweep": o.get("median_loss_seconds"),
+                    "ours_peak_above_baseline_mib": above[0],
+                    "implicit_peak_above_baseline_mib": above[1],
+                    "memory_ratio": above[0] / above[1] if above[1] > 0 else None,
+                    "objective_ratio": o["objective"] / i["objective"],
                 })
     report["results"] = results
     report["ratios"] = ratios
@@ -517,12 +555,14 @@ def main(argv: list[str] | None = None) -> None:
     mtx = report["matrix"]
     plot(results, args.ks, png,
          f"{mtx['shape'][0]:,} × {mtx['shape'][1]:,}, {mtx['nnz']:,} nnz; {args.threads} threads, "
-         f"float32; median of {args.repeats} (CG) / {args.cholesky_repeats} (exact) sweeps")
-    print("\n  k  solver    ours s/sweep  implicit s/sweep  ours/implicit  peak RSS ours/implicit GiB")
+         f"float32; median of sweeps 2..{args.sweeps}")
+    print("\n  k  pair     ours s/sweep  implicit s/sweep  time ratio  MiB above baseline "
+          "ours/implicit  memory ratio  objective ratio")
     for r in ratios:
-        print(f"{r['k']:4d}  {r['solver']:8s}  {r['ours_s_per_sweep']:12.3f}  "
-              f"{r['implicit_s_per_sweep']:16.3f}  {r['ratio_ours_over_implicit']:13.2f}  "
-              f"{r['ours_peak_rss_gib']:.2f} / {r['implicit_peak_rss_gib']:.2f}")
+        print(f"{r['k']:4d}  {r['pair']:7s}  {r['ours_s_per_sweep']:12.3f}  "
+              f"{r['implicit_s_per_sweep']:16.3f}  {r['ratio_ours_over_implicit']:10.2f}  "
+              f"{r['ours_peak_above_baseline_mib']:8.0f} / {r['implicit_peak_above_baseline_mib']:.0f}"
+              f"{r['memory_ratio'] or float('nan'):18.2f}  {r['objective_ratio']:15.4f}")
     print(f"wrote {out} and {png} ({report['total_seconds']:.0f} s)", flush=True)
 
 

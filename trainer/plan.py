@@ -38,6 +38,9 @@ import numpy as np
 from trainer import weights as wts
 from trainer.sparse import CSR
 
+# length buckets per doubling of the row length: rows of a bucket differ in length by at most
+# 2^(1/BUCKETS_PER_OCTAVE) (padding waste) and a plan has about two batch shapes per bucket
+BUCKETS_PER_OCTAVE = 8
 # entries per chunk when the loss sums are computed on the host (bounds the float64 temporaries)
 _SUM_CHUNK = 1 << 20
 
@@ -53,9 +56,11 @@ class Batch:
     """One padded ``(B, L)`` block of rows solved together, held on one device."""
 
     rows: Any  # tf int32 (B,) row IDs
-    cols: Any  # tf int32 (B, L) column IDs, −1 in the padding
-    ratings: Any  # tf float (B, L) ratings r_ij, 0 in the padding
-    width: int  # L
+    cols: Any  # tf int32 (rows, width) column IDs, −1 in the padding
+    ratings: Any  # tf float (rows, width) ratings r_ij, 0 in the padding
+    width: int  # the longest row's length
+    shape: tuple[int, int]  # (B, L) the batch is solved at: padded with empty rows / entries
+    padded_shape: Any  # the same as a tf int32 (2,) on the batch's device
     nnz: int
     part: int  # index into SweepPlan.parts: the device
 
@@ -67,6 +72,7 @@ class Part:
     device: str
     row_weights: Any  # tf float (nrows,): ρ_i (users × items) or γ_j (items × users)
     col_weights: Any  # tf float (ncols,): γ_j or ρ_i
+    scalars: Any  # tf float (3,): α, ε, w0 of the weighting (on the device: no per-batch copy)
 
 
 @dataclass
@@ -77,7 +83,7 @@ class SweepPlan:
     ncols: int
     batches: list[Batch]
     parts: list[Part]
-    inverse: Any  # tf int32 (nrows,) on the primary device: row i's place in the batch outputs
+    empty_rows: Any  # tf int32 on the primary device: the rows without entries (their factor is 0)
     weighting: wts.Weighting
     sum_waa: float  # Σ_Ω W A²   (float64)
     sum_extra: float  # Σ_Ω (W − w0)
@@ -97,28 +103,25 @@ class SweepPlan:
         return self.parts[batch.part].device
 
     def stored_bytes(self) -> int:
-        """Bytes the plan holds on its devices (entries, per-row data, weights, inverse)."""
-        total = int(self.inverse.shape[0]) * 4
+        """Bytes the plan holds on its devices (entries, per-row data, weights)."""
+        total = int(self.empty_rows.shape[0]) * 4
         for p in self.parts:
             total += sum(int(t.shape[0]) * t.dtype.size for t in (p.row_weights, p.col_weights))
         for b in self.batches:
-            total += int(b.rows.shape[0]) * 4 + b.width * int(b.rows.shape[0]) * (
-                4 + b.ratings.dtype.size)
+            total += int(b.rows.shape[0]) * (4 + b.width * (4 + b.ratings.dtype.size))
         return total
 
     def expand(self, batch: Batch) -> tuple[Any, Any, Any]:
-        """The padded ``(B, L)`` column IDs, ``W − w0`` and ``W·A`` of ``batch`` (0 in the
-        padding), computed on the batch's device."""
+        """The column IDs, ``W − w0`` and ``W·A`` of ``batch`` at its padded shape
+        :attr:`Batch.shape` (ID 0 and weight 0 in the padding: no contribution to any row's
+        normal equations; padding rows solve to 0), computed on the batch's device."""
         tf = _tf()
         part = self.parts[batch.part]
         w = self.weighting
-        dt = batch.ratings.dtype
-        fn = _expand_fn(dt.name, w.objective, w.confidence)
+        fn = _expand_fn(batch.ratings.dtype.name, w.objective, w.confidence)
         with tf.device(part.device):
-            return fn(
-                batch.cols, batch.ratings, batch.rows, part.row_weights, part.col_weights,
-                tf.constant(w.alpha, dt), tf.constant(w.epsilon, dt), tf.constant(w.w0, dt),
-            )
+            return fn(batch.cols, batch.ratings, batch.rows, part.row_weights, part.col_weights,
+                      part.scalars, batch.padded_shape)
 
 
 @functools.lru_cache(maxsize=None)
@@ -127,12 +130,16 @@ def _expand_fn(dtype_name: str, objective: str, confidence: str) -> Any:
     tf = _tf()
     dt = tf.as_dtype(dtype_name)
     vec = tf.TensorSpec([None], dt)
-    scalar = tf.TensorSpec([], dt)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
                                   tf.TensorSpec([None, None], dt), tf.TensorSpec([None], tf.int32),
-                                  vec, vec, scalar, scalar, scalar])
-    def expand(cols, ratings, rows, row_weights, col_weights, alpha, epsilon, w0):
+                                  vec, vec, tf.TensorSpec([3], dt), tf.TensorSpec([2], tf.int32)])
+    def expand(cols, ratings, rows, row_weights, col_weights, scalars, shape):
+        alpha, epsilon, w0 = scalars[0], scalars[1], scalars[2]
+        grow = [[0, shape[0] - tf.shape(cols)[0]], [0, shape[1] - tf.shape(cols)[1]]]
+        cols = tf.pad(cols, grow, constant_values=-1)
+        ratings = tf.pad(ratings, grow)
+        rows = tf.pad(rows, grow[:1])  # padding rows read row 0's weight, then get weight 0
         mask = cols >= 0
         idx = tf.maximum(cols, 0)
         if objective == "wals":  # only its weights depend on the row and column
@@ -148,24 +155,40 @@ def _expand_fn(dtype_name: str, objective: str, confidence: str) -> Any:
 
 
 # --------------------------------------------------------------------------- building
+def _ladder_width(bucket: int) -> int:
+    """The widest row of length bucket ``bucket`` (lengths ``L`` with ⌊b log2 L⌋ = bucket,
+    ``b`` = :data:`BUCKETS_PER_OCTAVE`)."""
+    return max(1, int(np.ceil(2.0 ** ((bucket + 1) / BUCKETS_PER_OCTAVE))) - 1)
+
+
 def _cut_batches(
     lengths: np.ndarray, k: int, batch_size: int, max_batch_floats: int
-) -> list[np.ndarray]:
-    """Row IDs of each batch (module doc): length buckets of ratio 2^(1/4), capped batches."""
+) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """Row IDs and padded ``(B, L)`` shape of each batch (module doc).
+
+    Rows sorted by length fall into buckets of ratio 2^(1/4); every batch of a bucket is
+    solved at the bucket's ladder width and the bucket's row cap, except the last, whose rows
+    are padded to the next power of two: so a plan has at most two shapes per bucket, and
+    the shapes repeat from plan to plan (kernels and their primitives are made once per
+    shape, not once per batch)."""
     nonempty = np.flatnonzero(lengths)
     order = nonempty[np.argsort(lengths[nonempty], kind="stable")]
     slen = lengths[order]
-    bucket = np.floor(4.0 * np.log2(np.maximum(slen, 1))).astype(np.int64)
+    bucket = np.floor(BUCKETS_PER_OCTAVE * np.log2(np.maximum(slen, 1))).astype(np.int64)
     cuts = np.flatnonzero(np.diff(bucket)) + 1
-    out: list[np.ndarray] = []
+    out: list[tuple[np.ndarray, tuple[int, int]]] = []
     for grp in np.split(np.arange(order.size), cuts) if order.size else []:
         rows_g = order[grp]
-        width = int(slen[grp].max())
+        longest = int(slen[grp].max())
+        width = max(longest, _ladder_width(int(bucket[grp[0]])))
         cap = min(batch_size, max_batch_floats // (width * k))
-        if 4 * width > 3 * k:  # the k × k path forms B matrices of k² floats
+        if 4 * longest > 3 * k:  # the k × k path forms B matrices of k² floats
             cap = min(cap, max_batch_floats // (k * k))
         cap = max(1, cap)
-        out.extend(rows_g[s : s + cap] for s in range(0, rows_g.size, cap))
+        for s in range(0, rows_g.size, cap):
+            rows = rows_g[s : s + cap]
+            padded = cap if rows.size == cap else min(cap, 1 << int(rows.size - 1).bit_length())
+            out.append((rows, (padded, width)))
     return out
 
 
@@ -198,9 +221,11 @@ def _build(
     ``entries(pos)`` returns the (column IDs, ratings) at those positions."""
     tf = _tf()
     lengths = np.diff(indptr)
-    row_sets = _cut_batches(lengths, k, batch_size, max_batch_floats)
+    cut = _cut_batches(lengths, k, batch_size, max_batch_floats)
+    row_sets = [rows for rows, _ in cut]
+    shapes = [shape for _, shape in cut]
     widths = [int(lengths[r].max()) for r in row_sets]
-    owner = _assign([r.size * w for r, w in zip(row_sets, widths)], len(devices))
+    owner = _assign([b * w for b, w in shapes], len(devices))
     # interleave the devices' batches, so that a pool of threads keeps every device busy
     queues = [[t for t in range(len(row_sets)) if owner[t] == d] for d in range(len(devices))]
     order = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
@@ -212,6 +237,8 @@ def _build(
                 device=dev,
                 row_weights=tf.identity(tf.constant(row_weights.astype(npdt))),
                 col_weights=tf.identity(tf.constant(col_weights.astype(npdt))),
+                scalars=tf.identity(tf.constant(
+                    [weighting.alpha, weighting.epsilon, weighting.w0], dtype=dtype)),
             ))
     batches: list[Batch] = []
     for t in order:
@@ -226,15 +253,13 @@ def _build(
                 rows=tf.identity(tf.constant(rows.astype(np.int32))),
                 cols=tf.identity(tf.constant(np.where(mask, c, -1).astype(np.int32))),
                 ratings=tf.identity(tf.constant(np.where(mask, r, 0).astype(npdt))),
-                width=width, nnz=int(lens.sum()), part=owner[t],
+                width=width, shape=shapes[t], padded_shape=tf.identity(tf.constant(shapes[t])),
+                nnz=int(lens.sum()), part=owner[t],
             ))
-    solved = np.concatenate([row_sets[t] for t in order]) if order else np.zeros(0, np.int64)
-    inverse = np.full(shape[0], solved.size, dtype=np.int32)  # empty rows → the zero row
-    inverse[solved] = np.arange(solved.size, dtype=np.int32)
     with tf.device(devices[0]):
-        inv = tf.identity(tf.constant(inverse))
+        empty = tf.identity(tf.constant(np.flatnonzero(lengths == 0).astype(np.int32)))
     return SweepPlan(
-        nrows=shape[0], ncols=shape[1], batches=batches, parts=parts, inverse=inv,
+        nrows=shape[0], ncols=shape[1], batches=batches, parts=parts, empty_rows=empty,
         weighting=weighting, sum_waa=sums[0], sum_extra=sums[1], nnz=int(indptr[-1]),
         max_batch_floats=int(max_batch_floats),
     )

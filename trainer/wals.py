@@ -387,11 +387,16 @@ def solve_half_sweep(
     stage: str = "rows",
     woodbury: bool | None = None,
     batches_in_flight: int | None = None,
+    out: Any = None,
 ) -> Any:
     """New factors for all ``plan.nrows`` rows given the other side's ``fixed`` factors.
 
     Returns a ``(plan.nrows, k)`` tensor on ``fixed``'s device; rows without observations are
     0. ``previous`` (the current factors of the rows being solved) is the CG warm start.
+    ``out``: a ``tf.Variable`` of that shape on ``fixed``'s device to write the factors into,
+    batch by batch (default: a new one). It may be ``previous`` itself: each batch reads its
+    own rows' warm start before it writes them, and no batch reads another's rows, so solving
+    in place gives the same factors and holds one copy of them instead of three.
     ``woodbury``: ``None`` makes rows with ``L ≤ 3k/4`` eligible for the Woodbury path when
     ``k ≥ WOODBURY_MIN_K``; ``True`` at any ``k``; ``False`` never. An eligible batch takes it
     only when (W3) of the module docstring holds, else the ``k × k`` Cholesky path (decided
@@ -418,29 +423,45 @@ def solve_half_sweep(
     wb_on = {d: _WoodburyInputs(*(_replicate(t, [d])[d] for t in (
         wb.fixed_binv, wb.base_inv, wb.h, wb.max_load))) for d in devices} if wb else None
     prev_on = _replicate(previous, devices) if solver == "cg" else None
-    # rows per k × k chunk when (W3) sends a short-row batch there
-    chunk = max(1, plan.max_batch_floats // (k * k))
+    # rows per k × k chunk when (W3) sends a short-row batch there; on every device once
+    chunk_on = {}
+    for d in devices:
+        with tf.device(d):
+            chunk_on[d] = tf.constant(max(1, plan.max_batch_floats // (k * k)), tf.int32)
 
     def solve(t: int) -> Any:
         b = plan.batches[t]
         d = plan.device_of(b)
         idx, extra, wa = plan.expand(b)
+        n = int(b.rows.shape[0])
         with tf.device(d):  # device scopes are per thread
             if eligible[t]:
                 w = wb_on[d]
-                return kern["woodbury"](
+                x = kern["woodbury"](
                     fixed_on[d], w.fixed_binv, base_on[d], w.base_inv, w.h, w.max_load,
-                    tf.constant(chunk, tf.int32), idx, extra, wa,
+                    chunk_on[d], idx, extra, wa,
                 )
-            if solver == "cholesky":
-                return kern["cholesky"](fixed_on[d], base_on[d], idx, extra, wa)
-            return kern["cg"](fixed_on[d], base_on[d], idx, extra, wa,
-                              tf.gather(prev_on[d], b.rows))
+            elif solver == "cholesky":
+                x = kern["cholesky"](fixed_on[d], base_on[d], idx, extra, wa)
+            else:
+                x0 = tf.pad(tf.gather(prev_on[d], b.rows), [[0, b.shape[0] - n], [0, 0]])
+                x = kern["cg"](fixed_on[d], base_on[d], idx, extra, wa, x0)
+            return x[:n]  # the padding rows solved to 0
 
-    outs = _run_batches(plan, solve, batches_in_flight, progress, stage)
     with tf.device(primary):
-        outs.append(tf.zeros([1, k], dtype=fixed.dtype))
-        return tf.gather(tf.concat(outs, axis=0), plan.inverse)
+        if out is None:
+            out = tf.Variable(tf.zeros([plan.nrows, k], dtype=fixed.dtype), trainable=False)
+        elif plan.empty_rows.shape[0]:
+            out.scatter_update(tf.IndexedSlices(
+                tf.zeros([plan.empty_rows.shape[0], k], fixed.dtype), plan.empty_rows))
+
+    def solve_into(t: int) -> None:
+        x = solve(t)
+        with tf.device(primary):
+            out.scatter_update(tf.IndexedSlices(x, plan.batches[t].rows))
+
+    _run_batches(plan, solve_into, batches_in_flight, progress, stage)
+    return out.read_value()
 
 
 def compute_loss(
@@ -464,7 +485,8 @@ def compute_loss(
         d = plan.device_of(b)
         idx, extra, wa = plan.expand(b)
         with tf.device(d):
-            return kern["loss"](u_on[d], v_on[d], b.rows, idx, extra, wa)
+            rows = tf.pad(b.rows, [[0, b.shape[0] - int(b.rows.shape[0])]])  # padding: weight 0
+            return kern["loss"](u_on[d], v_on[d], rows, idx, extra, wa)
 
     terms = _run_batches(plan, term, batches_in_flight, None, "loss")
     obs = 0.0
@@ -736,12 +758,13 @@ class WALSModel:
         user_plan, item_plan = self.prepare(user_items, item_users, row_weights, col_weights)
         state = self._start(state, *user_items.shape)
         with tf.device(self._device()):
-            u = tf.identity(tf.constant(state.user_factors.astype(self.dtype)))
-            v = tf.identity(tf.constant(state.item_factors.astype(self.dtype)))
+            # the factors are updated in place (solve_half_sweep's ``out``): one copy each
+            u = tf.Variable(state.user_factors.astype(self.dtype), trainable=False)
+            v = tf.Variable(state.item_factors.astype(self.dtype), trainable=False)
             for sweep in range(state.sweeps_done + 1, self.iterations + 1):
                 t0 = time.perf_counter()
-                u, v = self._sweep(u, v, user_plan, item_plan, f"sweep {sweep}/{self.iterations}", progress)
-                _ = v.numpy()  # wait for the device before taking the time
+                self._sweep(u, v, user_plan, item_plan, f"sweep {sweep}/{self.iterations}", progress)
+                _ = v[:1].numpy()  # wait for the device before taking the time
                 state = self._record(state, u, v, user_plan, time.perf_counter() - t0)
                 if callback is not None and callback(state):
                     break
@@ -762,14 +785,14 @@ class WALSModel:
     def _sweep(
         self, u: Any, v: Any, user_plan: SweepPlan, item_plan: SweepPlan, stage: str,
         progress: ProgressFn | None,
-    ) -> tuple[Any, Any]:
-        """One sweep: the user rows given ``v``, then the item rows given the new ``u``."""
+    ) -> None:
+        """One sweep, in place: the user rows of ``u`` given ``v``, then the item rows of ``v``
+        given the new ``u`` (both ``tf.Variable`` objects)."""
         w0, lam = self.weighting.w0, self.regularization
-        u = solve_half_sweep(v, user_plan, w0, lam, self.solver, self.cg_steps,
-                             previous=u, progress=progress, stage=f"{stage} users")
-        v = solve_half_sweep(u, item_plan, w0, lam, self.solver, self.cg_steps,
-                             previous=v, progress=progress, stage=f"{stage} items")
-        return u, v
+        solve_half_sweep(v.read_value(), user_plan, w0, lam, self.solver, self.cg_steps,
+                         previous=u, progress=progress, stage=f"{stage} users", out=u)
+        solve_half_sweep(u.read_value(), item_plan, w0, lam, self.solver, self.cg_steps,
+                         previous=v, progress=progress, stage=f"{stage} items", out=v)
 
     def _record(
         self, before: TrainingState, u: Any, v: Any, user_plan: SweepPlan, seconds: float
