@@ -25,7 +25,8 @@
 #     the trainer flags: it trains on the training records minus trainer.tune's validation
 #     carve-out and reports METRIC@eval_k on it; trial outputs go to OUTPUT_DIR/TRIAL_ID/model/.
 #     See docs/CLOUD.md.
-# --accelerator_count 0 runs on CPU only. Bad input: one line on stderr, exit status 2.
+# --accelerator_count 0 runs on CPU only; N > 1: the trainer uses all N GPUs (docs/TRAINER.md,
+# "Devices"). Bad input: one line on stderr, exit status 2.
 set -euo pipefail
 
 usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
