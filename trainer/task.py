@@ -197,14 +197,15 @@ def build(args: argparse.Namespace, md: Metadata, data: TrainingData, test: CSR 
     with ``--resume``)."""
     import tensorflow as tf
 
-    from trainer import device as device_policy
     from trainer.checkpoint import Checkpointer, config_fingerprint, data_fingerprint
     from trainer.monitor import Scalars
     from trainer.wals import WALSModel
 
     model = WALSModel(**model_kwargs(args))
-    device = device_policy.resolve(model.device)
-    log.info("device: %s (GPUs visible: %s)", device, tf.config.list_physical_devices("GPU"))
+    devices = model.devices()  # every visible GPU, else the CPU (trainer.device)
+    device = devices[0]
+    log.info("devices: %s (GPUs visible: %s)", ", ".join(devices),
+             tf.config.list_physical_devices("GPU"))
     hp = model.hyperparameters()
     tb_dir = (args.tensorboard_dir or os.environ.get("AIP_TENSORBOARD_LOG_DIR")
               or fileio.join(args.output_dir, TENSORBOARD_DIR))
@@ -380,7 +381,8 @@ def summarise(args: argparse.Namespace, job: Job, inputs: Inputs, data: Training
         "factors_from_sweep": ev["sweep"] if ev else final["sweep"],
         "evaluation": None if ev is None else {key: ev[key] for key in _EVALUATION_KEYS},
         "timing": _timing_block(job),
-        "environment": {"device": job.device, "tensorflow": tf.__version__,
+        "environment": {"device": job.device, "devices": job.model.devices(),
+                        "tensorflow": tf.__version__,
                         "python": platform.python_version()},
         "outputs": _outputs_block(args, inputs, ev is not None, job.export_path),
     }
