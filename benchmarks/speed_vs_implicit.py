@@ -1,8 +1,8 @@
-r"""Seconds per WALS sweep: this project's ``WALSModel`` against ``implicit``'s
+r"""Seconds per WALS sweep and memory: this project's ``WALSModel`` against ``implicit``'s
 ``AlternatingLeastSquares`` on the same matrix, same objective, same threads, float32.
 
-    .venv/bin/python -m benchmarks.speed_vs_implicit [--scale 1.0] [--ks 32 64 128] [--repeats 3]
-        [--cholesky_repeats 1] [--threads 2]
+    .venv/bin/python -m benchmarks.speed_vs_implicit [--scale 1.0] [--ks 32 64 128] [--sweeps 4]
+        [--pairs default exact] [--threads 2] [--alpha 10] [--regularization 0.1]
     .venv/bin/python -m benchmarks.speed_vs_implicit --scale 0.05      # smoke run, < 1 min
 
 The matrix is :func:`benchmarks.synthetic.movielens_20m_like` (138,493 × 26,744, 8.63 M
@@ -15,57 +15,50 @@ The same objective on both sides (Hu, Koren & Volinsky)
     L(U, V) = Σ_{i,j} W_ij (A_ij − u_i·v_j)² + λ (‖U‖² + ‖V‖²)
     W_ij = 1 + α r_ij,  A_ij = 1   on observed cells;     W_ij = 1,  A_ij = 0   elsewhere
 
-Ours: ``WALSModel(objective="implicit", alpha=α, confidence="linear")``
-on the ratings. ``implicit`` uses the stored value ``c`` of a cell as the weight itself (its
-solvers add ``(c − 1) y yᵀ`` to ``YᵀY + λI`` and ``c y`` to the right-hand side), so it gets
-the same matrix with values ``1 + α r`` and ``alpha=1``. Both regularize with plain ``λ I``.
-Solvers compared pairwise: our ``cg`` with 3 steps against ``use_cg=True`` (implicit's
-default, 3 CG steps; both warm-start from the previous factors), and our exact ``cholesky``
-(batched Cholesky / Woodbury solves) against ``use_cg=False`` (a per-row ``posv``). A
-``check`` run at a small scale starts both from the same factors and reports how far apart
-one sweep leaves them (it is in the JSON), so "same objective" is tested, not assumed.
+Ours: ``WALSModel(objective="implicit", alpha=α, confidence="linear")`` on the ratings.
+``implicit`` uses the stored value ``c`` of a cell as the weight itself (its solvers add
+``(c − 1) y yᵀ`` to ``YᵀY + λI`` and ``c y`` to the right-hand side), so it gets the same matrix
+with values ``1 + α r`` and ``alpha=1``. Both regularize with plain ``λ I``. A ``check`` run at
+a small scale starts both from the same factors and reports how far apart one sweep leaves them
+(it is in the JSON), so "same objective" is tested, not assumed. After each fit the objective is
+computed by one NumPy float64 function (:func:`objective`) for both libraries' factors.
 
-What is timed
--------------
+Pairs (``--pairs``)
+-------------------
+* ``default``: each library as it comes — ours with its default solver
+  (:data:`trainer.hparams.DEFAULTS`, exact batched Cholesky / Woodbury) against ``implicit``'s
+  default, ``use_cg=True`` (3 warm-started conjugate-gradient steps).
+* ``cg``: our ``solver="cg"`` (3 steps, warm-started) against ``use_cg=True``.
+* ``exact``: our exact solver against ``use_cg=False`` (a per-row ``posv``).
+
+What is measured
+----------------
 A *sweep* (our term) = an *iteration* (implicit's) = all user rows solved, then all item rows.
+Both libraries run ``--sweeps`` (4) sweeps from their own seeded start; the figure is the median
+of sweeps 2..N (our first sweep traces the ``tf.function``\ s), the objective is the one after
+the last sweep.
 
-* Ours: ``model.history[s]["seconds"]``, which ``WALSModel.fit`` measures from the start of the
-  user half-sweep to the item factors being ready (``v.numpy()``). It excludes building the
-  batch plans (setup) and the loss that ``fit`` computes after every sweep for its log; that
-  loss (plus copying the factors to NumPy) is reported separately as ``loss_seconds``: wall
-  time between consecutive callbacks minus the sweep's seconds.
-* ``implicit``: ``fit(callback=...)`` with ``iterations = repeats`` and
-  ``calculate_training_loss=False``; its callback receives the seconds of each iteration,
-  measured around exactly its two solver calls (after its one-off setup: CSR checks, the
-  transpose, random factors). So both numbers cover the same work: two half-sweeps from
-  Gramian to finished factors.
-* Our first sweep includes tracing the ``tf.function``\ s (once per process and dtype; it is
-  in the JSON as ``sweep_seconds[0]``), so ours runs ``1 + repeats`` sweeps and the first is
-  not counted; implicit has no such one-off cost in an iteration (its first iteration takes
-  as long as the later ones), so it runs ``repeats`` iterations, all counted. The figure is
-  the median of the ``repeats`` timed sweeps: ``--repeats`` (default 3) for the CG pair and
-  ``--cholesky_repeats`` (default 1, because implicit's exact solver takes minutes per
-  iteration at k = 128 on 2 cores) for the exact pair.
-* Each library runs in its own persistent subprocess (one import each; requests alternate
-  ours / implicit for every (solver, k), so both see the same machine state as far as a
-  shared machine allows). Peak RSS per run is the kernel's ``VmHWM`` after resetting it
-  (``/proc/self/clear_refs``) at the start of the run, i.e. the process's largest resident
-  size during that fit, everything the process holds included (the interpreter, TensorFlow
-  or implicit, the matrix); ``rss_before_fit`` is the resident size at the reset.
+* Ours: ``model.history[s]["seconds"]`` (from the start of the user half-sweep to the item
+  factors being ready), the loss off (the library's default). ``implicit``: its callback's
+  per-iteration seconds, measured around exactly its two solver calls.
+* Memory: every run is its own worker process (so no run inherits another's allocations). The
+  runtime is warmed up first by a one-sweep fit of the matrix's first 2,000 rows with the same
+  settings (functions traced, thread pools and kernels made); then glibc's free memory is
+  trimmed and the kernel's peak-RSS mark reset (``/proc/self/clear_refs``); the figure is the
+  peak RSS during the fit minus the RSS at the reset ("above baseline"). The matrix itself is
+  loaded before the reset in both processes. Our plans' device bytes per interaction are in the
+  JSON (``plan_bytes``), counted from the plan's tensors after the measurement.
 * Threads: ``implicit`` gets ``num_threads=--threads`` and one BLAS thread
-  (``OPENBLAS_NUM_THREADS=1``, as implicit recommends: its own OpenMP loop is the
-  parallelism); TensorFlow gets ``--threads`` intra-op and inter-op threads.
-
-Ratios are ``ours / implicit`` of the medians of the same run (same matrix, same machine state
-as far as a shared machine allows: the load average before and after every run is
-recorded, because other jobs on the machine make single numbers noisy).
+  (``OPENBLAS_NUM_THREADS=1``, as implicit recommends: its own OpenMP loop is the parallelism);
+  TensorFlow gets ``--threads`` intra-op and inter-op threads. The load average before and
+  after every run is recorded: other jobs on a shared machine make single numbers noisy.
 
 Results: ``benchmarks/results/speed_vs_implicit.json`` (machine, versions, command, every raw
-sweep time, medians, ratios, peak RSS) and ``speed_vs_implicit.png`` (s/sweep vs k); with
-``--scale`` other than 1 the file names get a ``_scale<scale>`` suffix.
+sweep time, medians, ratios, memory, objectives) and ``speed_vs_implicit.png`` (s/sweep vs k);
+with ``--scale`` other than 1 the file names get a ``_scale<scale>`` suffix.
 
-``--device gpu`` runs ours on TensorFlow's GPU and implicit's ``implicit.gpu.als`` (when the
-installed implicit has CUDA support); it has not been run yet (no GPU was available).
+``--device gpu`` runs ours on TensorFlow's GPUs and implicit's ``implicit.gpu.als`` (when the
+installed implicit has CUDA support).
 """
 from __future__ import annotations
 
@@ -230,6 +223,11 @@ def run_ours(spec: dict) -> dict:
         alpha=spec["alpha"], confidence="linear", solver=spec["solver"], random_state=0,
         iterations=spec["sweeps"],
     )
+    # the runtime warmed up (functions traced, thread pools and kernels made) on a slice of
+    # the matrix with the same settings, so that the memory above the baseline is this fit's
+    warm = WALSModel(**{**model.hyperparameters(), "iterations": 1})
+    warm.fit(m.slice_rows(0, min(m.shape[0], 2000)))
+    del warm
     mem = _Memory()
     marks: list[float] = []
     t0 = time.perf_counter()
@@ -255,7 +253,18 @@ def run_ours(spec: dict) -> dict:
         "devices": model.devices(),
         "objective": objective(m, model.user_factors, model.item_factors, spec["alpha"],
                                spec["regularization"]),
+        "plan_bytes": _plan_bytes(model, m),
     }
+
+
+def _plan_bytes(model: Any, m: CSR) -> dict:
+    """What the two sweep plans hold on the device (built again after the measurement)."""
+    user_plan, item_plan = model.prepare(m)
+    stored = user_plan.stored_bytes() + item_plan.stored_bytes()
+    return {"bytes": stored, "bytes_per_interaction": stored / m.nnz,
+            "padded_entries": sum(b.shape[0] * b.shape[1] for p in (user_plan, item_plan)
+                                  for b in p.batches),
+            "batch_shapes": len({b.shape for p in (user_plan, item_plan) for b in p.batches})}
 
 
 def run_implicit(spec: dict) -> dict:
@@ -281,6 +290,10 @@ def run_implicit(spec: dict) -> dict:
         model = AlternatingLeastSquares(num_threads=spec["threads"], **kw)
         device = "cpu"
     cui = implicit_csr(_matrix(spec["matrix"]), spec["alpha"])
+    warm = type(model)(**{**kw, "iterations": 1}, **(
+        {} if spec["device"] == "gpu" else {"num_threads": spec["threads"]}))
+    warm.fit(cui[: min(cui.shape[0], 2000)], show_progress=False)  # as ours: a warmed-up runtime
+    del warm
     mem = _Memory()
     times: list[float] = []
     cpu: list[float] = []
@@ -404,6 +417,13 @@ class Worker:
         self.log.close()
 
 
+def _check(w: "Worker", spec: dict) -> dict:
+    try:
+        return w.run("check", spec)
+    finally:
+        w.close()
+
+
 # --------------------------------------------------------------------------- plot
 def plot(results: list[dict], ks: list[int], path: str, title: str) -> None:
     import matplotlib
@@ -480,11 +500,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {report['machine']}", flush=True)
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        # both workers start (and import) before any timing; they run one request at a time
-        workers = {lib: Worker(lib, args.threads, args.device, os.path.join(tmp, f"{lib}.log"))
-                   for lib in ("ours", "implicit")}
+        # every run in a fresh worker (its memory is that run's alone; see module doc)
+        def worker(lib: str) -> Worker:
+            return Worker(lib, args.threads, args.device, os.path.join(tmp, f"{lib}.log"))
+
+        workers: dict[str, Worker] = {}
         try:
-            report["versions"] = {lib: w.info for lib, w in workers.items()}
+            report["versions"] = {}
+            for lib in ("ours", "implicit"):
+                w = worker(lib)
+                report["versions"][lib] = w.info
+                w.close()
             print(f"versions: {report['versions']}", flush=True)
             t = time.perf_counter()
             m = movielens_20m_like(args.seed, args.scale)
@@ -502,7 +528,9 @@ def main(argv: list[str] | None = None) -> None:
             for k in args.ks:
                 for lib, solver in sorted(runs, key=lambda r: (r[1], r[0] != "ours")):
                     spec = {**common, "k": k, "solver": solver, "sweeps": args.sweeps}
+                    workers[lib] = worker(lib)
                     r = {"lib": lib, "solver": solver, "k": k, **workers[lib].run(lib, spec)}
+                    workers.pop(lib).close()
                     if "timed_sweeps" in r:
                         r["median_seconds_per_sweep"] = statistics.median(r["timed_sweeps"])
                     results.append(r)
@@ -523,7 +551,7 @@ def main(argv: list[str] | None = None) -> None:
                     "what": "one sweep of each library from the same initial factors, k = 16, "
                             "max |ours - implicit| / max |implicit| per factor matrix",
                     "scale": args.check_scale, "k": 16,
-                    **workers["ours"].run("check", {**common, "matrix": cpath, "k": 16, "repeats": 1}),
+                    **_check(worker("ours"), {**common, "matrix": cpath, "k": 16}),
                 }
                 print(f"agreement: {report['agreement_check']}", flush=True)
         finally:
