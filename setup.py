@@ -17,6 +17,7 @@ PIPELINE_REQUIRES = [
     "tfx-bsl==1.21.0",
     "numpy>=1.26,<3",
     "pyarrow>=14",
+    "orjson>=3.9",  # the line readers' JSON decoder (json stays the fallback and the reference)
 ]
 TRAINER_REQUIRES = ["numpy>=1.26,<3"]  # plus TensorFlow, which the training image provides
 TEST_REQUIRES = ["pytest==8.*", "pandas>=2.2", "duckdb==2.0.0"]

@@ -265,27 +265,32 @@ def run_measured(kind: str, job_argv: list[str], work_dir: str, tag: str,
     return report
 
 
-def ensure_input(scale: int, data_dir: str, base_visitors: int = BASE_VISITORS) -> dict:
-    """The GA JSON sample with ``scale`` × 150,000 visitors (generated once, then cached)."""
+def ensure_input(scale: int, data_dir: str, base_visitors: int = BASE_VISITORS, schema: str = "ga360") -> dict:
+    """The GA JSON sample with ``scale`` × 150,000 visitors (generated once, then cached);
+    ``schema="ga4"``: its GA4 events form (the same simulated visits)."""
     visitors = scale * base_visitors
-    path = os.path.join(data_dir, f"ga_sessions_{visitors}_visitors.json")
+    name = f"ga_sessions_{visitors}_visitors.json" if schema == "ga360" else f"ga4_events_{visitors}_visitors.ndjson"
+    path = os.path.join(data_dir, name)
     if not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(GENERATOR):
         print(f"generating {path} ({visitors:,} visitors) ...", flush=True)
         t = time.perf_counter()
         # In a subprocess: the generator's temporary arrays would otherwise stay in this
         # process's memory for the whole benchmark.
-        subprocess.run([sys.executable, "-m", "preprocess.sample_data", "--output", path,
+        subprocess.run([sys.executable, "-m", "preprocess.sample_data", "--output", path, "--schema", schema,
                         "--visitors", str(visitors)], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
         print(f"  {time.perf_counter() - t:.0f} s", flush=True)
     with open(path, "rb") as handle:
         sessions = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 24), b""))
     inside = os.path.abspath(path).startswith(REPO + os.sep)
     return {"scale": scale, "path": os.path.relpath(path, REPO) if inside else os.path.abspath(path),
-            "visitors": visitors,
+            "visitors": visitors, "schema": schema,
             "sessions": sessions, "bytes": os.path.getsize(path)}
 
 
-def job_argv(kind: str, input_path: str, output_dir: str, timings_path: str) -> list[str]:
+def job_argv(kind: str, input_path: str, output_dir: str, timings_path: str, schema: str = "ga360") -> list[str]:
+    if kind == PIPELINE and schema == "ga4":  # as ./run_dataflow.sh --sample_schema ga4 reads it
+        return ["--runner", "FnApiRunner", "--input", input_path, "--input_format", "ga4_json",
+                "--item_source", "event_param:article_id", "--output_dir", output_dir]
     if kind == PIPELINE:
         return ["--runner", "FnApiRunner", "--input", input_path, "--input_format", "ga_json",
                 "--output_dir", output_dir]
@@ -303,7 +308,7 @@ def one_run(kind: str, info: dict, work_dir: str, repeat: int,
     tag = f"{kind}-x{info['scale']}-r{repeat}" + ("-profile" if profile_path else "")
     output_dir = os.path.join(work_dir, f"out-{kind}-x{info['scale']}")
     timings = os.path.join(work_dir, f"stages-{tag}.json")
-    argv = job_argv(kind, os.path.join(REPO, info["path"]), output_dir, timings)
+    argv = job_argv(kind, os.path.join(REPO, info["path"]), output_dir, timings, info.get("schema", "ga360"))
     report = run_measured(kind, argv, work_dir, tag, profile_path)
     report.update(scale=info["scale"], repeat=repeat, **output_summary(output_dir))
     report["interactions_per_s"] = report["ninteractions"] / report["wall_s"]
@@ -489,6 +494,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--profile", action="store_true", help="also run the pipeline once under cProfile")
     p.add_argument("--profile_top", type=int, default=45)
     p.add_argument("--only", choices=[PIPELINE, PANDAS], default=None, help="run one implementation only")
+    p.add_argument("--schema", choices=["ga360", "ga4"], default="ga360",
+                   help="ga4: the pipeline on the sample's GA4 events form (--input_format ga4_json, "
+                        "--item_source event_param:article_id); the pandas peer reads GA360 only, so it runs "
+                        "on the GA360 form of the same visits (identical outputs, checked)")
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. what code was measured)")
     p.add_argument("--child", nargs=2, metavar=("KIND", "REPORT"), help=argparse.SUPPRESS)
     p.add_argument("--child_profile", default=None, help=argparse.SUPPRESS)
@@ -504,15 +513,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.makedirs(work_dir, exist_ok=True)
     os.makedirs(args.results_dir, exist_ok=True)
     kinds = [args.only] if args.only else [PIPELINE, PANDAS]
-    inputs = [ensure_input(scale, args.data_dir, args.visitors_per_scale) for scale in args.scales]
+    inputs = [ensure_input(scale, args.data_dir, args.visitors_per_scale, args.schema) for scale in args.scales]
     started = datetime.datetime.now().isoformat(timespec="seconds")
     host = machine()  # before the runs: its load average is the one they started under
     runs: list[dict] = []
     for info in inputs:
         print(f"scale ×{info['scale']}: {info['path']} ({info['sessions']:,} sessions, "
               f"{info['bytes'] / 2**20:.0f} MiB)", flush=True)
+        # The peer reads GA360 only: with --schema ga4 it runs on the GA360 form of the same visits.
+        peer_info = info if args.schema == "ga360" else ensure_input(info["scale"], args.data_dir,
+                                                                      args.visitors_per_scale, "ga360")
         for repeat in range(args.repeats):
-            pair = {kind: one_run(kind, info, work_dir, repeat) for kind in kinds}
+            pair = {kind: one_run(kind, info if kind == PIPELINE else peer_info, work_dir, repeat) for kind in kinds}
             runs.extend(pair.values())
             if len(pair) == 2:
                 check_same(pair[PIPELINE], pair[PANDAS])

@@ -125,6 +125,16 @@ def training_ranges(element: SeenItems, test_fraction: float, seed: int) -> Iter
             yield item, (first, last)
 
 
+def batch_training_ranges(batch: list, test_fraction: float, seed: int) -> Iterable[tuple]:
+    """``training_ranges`` over a list of SEEN elements, merged per item first, so one
+    element per (item, batch) goes on to the per-item combine, not one per interaction."""
+    merged: dict = {}
+    for element in batch:
+        for item, (first, last) in training_ranges(element, test_fraction, seed):
+            widen(merged, item, first, last)
+    return [(item, tuple(days)) for item, days in merged.items()]
+
+
 class DayRangeFn(beam.CombineFn):
     """(first, last) day ranges -> their union's (min first, max last)."""
 
@@ -171,17 +181,20 @@ class WriteItemDates(beam.PTransform):
     vocabulary asset gives the line order.
     """
 
-    def __init__(self, output_dir: str, transform_fn: tuple, test_fraction: float, seed: int) -> None:
+    def __init__(self, output_dir: str, transform_fn: tuple, test_fraction: float, seed: int,
+                 batched: bool = False) -> None:
         super().__init__()
         self.output_dir = output_dir
         self.transform_fn_dir = transform_fn[0]
         self.test_fraction = test_fraction
         self.seed = seed
+        self.batched = batched  # elements are lists of SEEN elements
 
     def expand(self, seen):
         ranges = (
             seen
-            | "TrainingRanges" >> beam.FlatMap(training_ranges, self.test_fraction, self.seed)
+            | "TrainingRanges" >> beam.FlatMap(batch_training_ranges if self.batched else training_ranges,
+                                               self.test_fraction, self.seed)
             | "PerItem" >> beam.CombinePerKey(DayRangeFn())
         )
         return (

@@ -205,6 +205,19 @@ def event_items(event: dict, params: dict, item_source: str) -> list:
     return [string_param(params, item_source[len(EVENT_PARAM_PREFIX):], ints_as_text=True)]
 
 
+class _LazyText:
+    """A line's text (``sources.decode_line``) made only when ``str()`` asks for it: a dead
+    letter's record, rare next to the lines that parse."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def __str__(self) -> str:
+        return sources.decode_line(self.raw)
+
+
 class ParseGa4EventFn(beam.DoFn):
     """One NDJSON line of a GA4 export (an event) -> its ``Ga4Event`` rows, one per item."""
 
@@ -222,19 +235,23 @@ class ParseGa4EventFn(beam.DoFn):
         self.no_visitor = counters.dropped("missing_visitor_id")
 
     def process(self, raw: bytes) -> Iterable:
-        line = sources.decode_line(raw)
-        if line is None:
-            yield sources.undecodable(raw)
-            return
-        if not line.strip():
-            return
-        try:
-            event = json.loads(line)
-        except (ValueError, RecursionError):
-            yield sources.dead_letter("malformed_json", line)
-            return
+        try:  # the common case (sources.loads); the line's text is only needed for dead letters
+            event = sources.loads(raw)
+            line = _LazyText(raw)
+        except ValueError:
+            line = sources.decode_line(raw)
+            if line is None:
+                yield sources.undecodable(raw)
+                return
+            if not line.strip():
+                return
+            try:
+                event = json.loads(line)
+            except (ValueError, RecursionError):
+                yield sources.dead_letter("malformed_json", line)
+                return
         if not isinstance(event, dict):
-            yield sources.dead_letter("malformed_json", line)
+            yield sources.dead_letter("malformed_json", str(line))
             return
         self.events.inc()
         name = event.get("event_name")
@@ -246,13 +263,13 @@ class ParseGa4EventFn(beam.DoFn):
             self.no_visitor.inc()
             return
         if problem:
-            yield sources.dead_letter(problem, line)
+            yield sources.dead_letter(problem, str(line))
             return
         try:
             params = event_params(event)
             raw_items = event_items(event, params, self.item_source)
         except MalformedEvent:
-            yield sources.dead_letter("malformed_event", line)
+            yield sources.dead_letter("malformed_event", str(line))
             return
         session, _ = int_param(params, "ga_session_id")
         if session is None:
@@ -260,18 +277,18 @@ class ParseGa4EventFn(beam.DoFn):
             return
         time = parse_int64(event.get("event_timestamp"))
         if time is None or time < 0:
-            yield sources.dead_letter("invalid_time", line)
+            yield sources.dead_letter("invalid_time", str(line))
             return
         engagement, invalid = int_param(params, "engagement_time_msec")
         if self.engagement_only and (invalid or (engagement is not None and engagement < 0)):
-            yield sources.dead_letter("invalid_engagement_time", line)
+            yield sources.dead_letter("invalid_engagement_time", str(line))
             return
         name = name if isinstance(name, str) else json.dumps(name)
         day = freshness.parse_export_day(event.get("event_date"))
         for raw_item in raw_items:
             item, problem = sources.content_id(raw_item)
             if problem:  # the event still ends the previous event's time (next_event)
-                yield sources.dead_letter(problem, line)
+                yield sources.dead_letter(problem, str(line))
             if item is None:
                 self.without_item.inc()
             yield visitor, (session, time, name, item, engagement, day)
@@ -343,11 +360,24 @@ class ReadGa4Events(beam.PTransform):
         self.parse = ParseGa4EventFn(item_source, duration, user_field, event_names)
 
     def expand(self, pbegin):
+        sources.matched_files(self.pattern)  # the clear errors now: no file, only empty files
         return (
             pbegin
-            | "ReadLines" >> sources.read_lines(self.pattern)
-            | "ParseEvents" >> beam.ParDo(self.parse).with_outputs(sources.DROPPED, main="events")
+            | "ReadLineBlocks" >> sources.ReadLineBlocks(self.pattern)
+            | "ParseEvents" >> beam.ParDo(ParseGa4EventBlockFn(self.parse)).with_outputs(
+                sources.DROPPED, main="events")
         )
+
+
+class ParseGa4EventBlockFn(beam.DoFn):
+    """A block of GA4 NDJSON lines -> ``ParseGa4EventFn`` applied to each line in turn."""
+
+    def __init__(self, parse: ParseGa4EventFn) -> None:
+        self.parse = parse
+
+    def process(self, lines: list) -> Iterable:
+        for raw in lines:
+            yield from self.parse.process(raw)
 
 
 class TimeOnItems(beam.PTransform):

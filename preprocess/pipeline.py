@@ -1,20 +1,29 @@
 """The preprocessing pipeline graph, in one place.
 
-    Read GA360 sessions ─► session hits ─► SessionizeHits ──┐   (GroupByKey by visitor)
-    Read GA4 events ─► event rows ─► TimeOnItems ───────────┤
-    BigQuery SQL / interactions CSV ─► SumInteractions ──────┴► per visitor: (item, duration)...
+    Read GA360 sessions (blocks of lines) ─► hit columns per visitor bucket ─► SessionizeHits
+        (GroupByKey by bucket, time on items on NumPy arrays) ─────────────────────────────┐
+    Read GA4 events (blocks of lines) ─► event rows ─► TimeOnItems ─► BatchVisitors ───────┤
+    BigQuery SQL / interactions CSV ─► SumInteractions ─► BatchVisitors ───────────────────┤
+    hits CSV ─► SessionizeHits ─► BatchVisitors ───────────────────────────────────────────┴►
+    VisitorBatches: lists of per-visitor (visitor, ((item, duration), ...)), a visitor in one list
         ├─► MedianDuration (CombineGlobally, exact) ──┐ side input
         └─► ScaleToRatings ◄──────────────────────────┘
               └─► MarkHeldOut (per-user hash split, --test_fraction)
-                    └─► ApplyVocabularies (tf.Transform, record batches; vocabularies from
-                        training rows) ─► (userIds, itemIds, ratings, heldOut)
+                    └─► ApplyVocabularies (tf.Transform, one record batch per VisitorBatch;
+                        vocabularies from training rows) ─► (userIds, itemIds, ratings, heldOut)
                           ├─► users_for_item-*.tfrecord       (training, grouped by item)
-                          ├─► items_for_user-*.tfrecord       (training, grouped by user)
-                          ├─► test_items_for_user-*.tfrecord  (held out, grouped by user)
+                          ├─► items_for_user-*.tfrecord       (training, whole rows per batch)
+                          ├─► test_items_for_user-*.tfrecord  (held out, whole rows per batch)
                           └─► transform_output/ (transform_fn + vocabularies)
-    per visitor: (item, first day, last day)... (the readers' SEEN output, sources with dates)
+    lists of per visitor (item, first day, last day)... (the readers' SEEN output, with dates)
         └─► WriteItemDates (training rows, min/max per item) ─► item_dates.tsv (vocabulary order)
     dropped rows ─► dropped/rows-*.jsonl             (dead letters, with the reason)
+
+Where one element holds much: a GA360 bucket (``sessionize.BUCKET_BYTES`` of input, about)
+and a VisitorBatch hold many visitors' whole histories, by design (a visitor's sessions must
+meet in one place, and a user's record is one row); the bucket count grows with the input,
+so their size does not. Whole-data-set elements: only the median's histogram accumulator
+(distinct durations) and tf.Transform's vocabularies, which are the data set's by definition.
 
 ``metadata.json`` is written by the launcher (``preprocess.__main__``) once the job is done,
 from the job's outputs and its metrics counters.
@@ -38,15 +47,17 @@ from schemas.contract import DROPPED_DIR, MEDIAN_FILE, STATS_DIR, TRANSFORM_OUTP
 class PipelineHandles:
     """The PCollections a caller (or a test) may want to look at."""
 
-    interactions: beam.PCollection  # (visitorId, ((contentId, session_duration), ...))
-    seen: beam.PCollection  # (visitorId, ((contentId, first_day, last_day), ...)), same items
+    interactions: beam.PCollection  # VisitorBatches: [(visitorId, ((contentId, session_duration), ...)), ...]
+    seen: beam.PCollection  # lists of (visitorId, ((contentId, first_day, last_day), ...)), same items
     median: beam.PCollection  # one float
     dense_batches: beam.PCollection  # (userIds, itemIds, ratings, heldOut) NumPy arrays
     dropped: beam.PCollection  # JSON text of dead-lettered rows
 
 
 def read_interactions(pipeline: beam.Pipeline, options: PreprocessOptions):
-    """The chosen source -> (per-visitor interactions, their items' date ranges, dropped rows)."""
+    """The chosen source -> (VisitorBatches of interactions, the same visitors' items' date
+    ranges in lists, dropped rows). The file readers of GA360 sessions give a batch per
+    visitor bucket; the per-visitor steps of the other sources are batched here."""
     o = options
     if o.bq_table or o.ga4_table or o.query:
         query = bigquery_query(o)
@@ -60,15 +71,24 @@ def read_interactions(pipeline: beam.Pipeline, options: PreprocessOptions):
             o.input, item_source(o), o.duration, o.user_id_field, event_names(o)
         )
         per_visitor = read.events | "TimeOnItems" >> ga4.TimeOnItems(o.duration)
+    elif o.input_format == "ga_json":
+        read = pipeline | "ReadGaSessions" >> sources.ReadGaSessionsInBlocks(
+            o.input, item_source(o), o.content_dimension_index, o.hit_type
+        )
+        batches = read.hits | "SessionizeHits" >> sessionize.SessionizeHitBuckets()
+        return batches.interactions, batches[freshness.SEEN], read[sources.DROPPED]
     else:
-        if o.input_format == "hits_csv":
-            read = pipeline | "ReadHitsCsv" >> sources.ReadHitsCsv(o.input, o.item_field)
-        else:
-            read = pipeline | "ReadGaSessions" >> sources.ReadGaSessions(
-                o.input, item_source(o), o.content_dimension_index, o.hit_type
-            )
+        read = pipeline | "ReadHitsCsv" >> sources.ReadHitsCsv(o.input, o.item_field)
         per_visitor = read.hits | "SessionizeHits" >> sessionize.SessionizeHits()
-    return per_visitor.interactions, per_visitor[freshness.SEEN], read[sources.DROPPED]
+    return (per_visitor.interactions | "BatchVisitors" >> batch_visitors(),
+            per_visitor[freshness.SEEN] | "BatchSeen" >> batch_visitors(),
+            read[sources.DROPPED])
+
+
+def batch_visitors() -> beam.PTransform:
+    """Per-visitor elements -> VisitorBatches (lists): the batched steps downstream, and a
+    record batch for tf.Transform, take one list per call."""
+    return beam.BatchElements(min_batch_size=500, max_batch_size=20000)
 
 
 def bigquery_query(options: PreprocessOptions) -> str:
@@ -95,13 +115,13 @@ def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> Pipel
     out = options.output_dir
     interactions, seen, dropped = read_interactions(pipeline, options)
 
-    median = interactions | "MedianDuration" >> rating.MedianDuration()
+    median = interactions | "MedianDuration" >> rating.MedianDuration(batched=True)
     ratings = interactions | "ScaleToRatings" >> rating.ScaleToRatings(
-        median, options.rating_scale, options.rating_cap
+        median, options.rating_scale, options.rating_cap, batched=True
     )
-    marked = ratings | "MarkHeldOut" >> split.MarkHeldOut(options.test_fraction, options.split_seed)
+    marked = ratings | "MarkHeldOut" >> split.MarkHeldOut(options.test_fraction, options.split_seed, batched=True)
     dense_batches, transform_fn = marked | "ApplyVocabularies" >> transform.ApplyVocabularies(
-        temp_dir(options)
+        temp_dir(options), batched=True
     )
     _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
         FileSystems.join(out, TRANSFORM_OUTPUT)
@@ -111,7 +131,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> Pipel
     )
     if freshness.date_source(options)[0] is not None:
         _ = seen | "WriteItemDates" >> freshness.WriteItemDates(
-            out, transform_fn, options.test_fraction, options.split_seed
+            out, transform_fn, options.test_fraction, options.split_seed, batched=True
         )
 
     _ = (

@@ -86,32 +86,51 @@ class ExactMedianOfGroupsFn(ExactMedianFn):
         return accumulator
 
 
+def batch_durations(batch: list) -> list:
+    """Every duration of a VisitorBatch (``[(visitor, ((item, duration), ...)), ...]``)."""
+    return [duration for _, interactions in batch for _, duration in interactions]
+
+
 class MedianDuration(beam.PTransform):
-    """Per-visitor interactions -> a one-element PCollection: the median duration (or None)."""
+    """Per-visitor interactions (or, ``batched``, VisitorBatches) -> a one-element
+    PCollection: the median duration (or None)."""
+
+    def __init__(self, batched: bool = False) -> None:
+        super().__init__()
+        self.batched = batched
 
     def expand(self, visitor_interactions):
+        durations = batch_durations if self.batched else lambda kv: tuple(duration for _, duration in kv[1])
         return (
             visitor_interactions
-            | "Durations" >> beam.Map(lambda kv: tuple(duration for _, duration in kv[1]))
+            | "Durations" >> beam.Map(durations)
             | "ExactMedian" >> beam.CombineGlobally(ExactMedianOfGroupsFn())
         )
 
 
 def rate_visitor(element: tuple, median: float, scale: float, cap: float) -> tuple:
     visitor, interactions = element
-    return visitor, tuple((item, scale_rating(d, median, scale, cap)) for item, d in interactions)
+    # scale_rating inlined (the same expression): it runs once per interaction
+    return visitor, tuple((item, min(scale * d / median, cap)) for item, d in interactions)
+
+
+def rate_visitors(batch: list, median: float, scale: float, cap: float) -> list:
+    """``rate_visitor`` over a VisitorBatch."""
+    return [rate_visitor(element, median, scale, cap) for element in batch]
 
 
 class ScaleToRatings(beam.PTransform):
     """(visitor, ((item, duration), ...)) -> (visitor, ((item, rating), ...)); median as side input."""
 
-    def __init__(self, median, scale: float, cap: float) -> None:
+    def __init__(self, median, scale: float, cap: float, batched: bool = False) -> None:
         super().__init__()
         self.median = median
         self.scale = scale
         self.cap = cap
+        self.batched = batched  # elements are VisitorBatches
 
     def expand(self, interactions):
         return interactions | "Rate" >> beam.Map(
-            rate_visitor, median=beam.pvalue.AsSingleton(self.median), scale=self.scale, cap=self.cap
+            rate_visitors if self.batched else rate_visitor,
+            median=beam.pvalue.AsSingleton(self.median), scale=self.scale, cap=self.cap,
         )

@@ -8,7 +8,10 @@ The feature names are the contract in ``schemas/records.py``, the shard names in
 ``schemas/contract.py``. Indices are sorted so the output is the same on every runner.
 
 Grouping starts inside each transformed batch with NumPy (one partial row per key and batch),
-so the GroupByKey moves one element per (key, batch) instead of one per interaction.
+so the GroupByKey by item moves one element per (item, batch) instead of one per interaction.
+A user's interactions are all in one batch, so the batch's ``items_for_user`` (and held-out)
+records are whole: they are encoded there and written as one list per batch
+(``WriteRecordLists``), with no shuffle and no per-record element.
 """
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ from typing import Iterable
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
+from apache_beam import coders
+from apache_beam.io import tfrecordio
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from preprocess import counters
@@ -40,14 +46,18 @@ def partial_rows(keys: np.ndarray, indices: np.ndarray, values: np.ndarray) -> I
 
 
 class SplitBatchByRowFn(beam.DoFn):
-    """(userIds, itemIds, ratings, heldOut) batch -> training partial rows by user (main) and
-    by item, held-out partial rows by user. A held-out row whose item has no training
-    interaction (itemId −1) is counted and dropped: no model can score it."""
+    """(userIds, itemIds, ratings, heldOut) batch -> the batch's ``items_for_user`` records
+    (main) and held-out ``test_items_for_user`` records, each as one list of serialized
+    Examples (a user's interactions are all in one batch: whole rows), and training partial
+    rows by item. A held-out row whose item has no training interaction (itemId −1) is
+    counted and dropped: no model can score it."""
 
     def __init__(self) -> None:
         self.interactions = counters.counter("interactions")
         self.test_interactions = counters.counter("test_interactions")
         self.unseen = counters.counter(counters.DROPPED_PREFIX + "held_out_unseen_item")
+        self.user_records = counters.counter("user_records")
+        self.test_users = counters.counter("test_users")
 
     def process(self, columns) -> Iterable:
         users, items, ratings, held_out = columns
@@ -55,14 +65,40 @@ class SplitBatchByRowFn(beam.DoFn):
             test = held_out & (items >= 0)
             self.unseen.inc(int(held_out.sum() - test.sum()))
             self.test_interactions.inc(int(test.sum()))
-            for row in partial_rows(users[test], items[test], ratings[test]):
-                yield beam.pvalue.TaggedOutput(TEST_BY_USER, row)
+            encoded = [encode_example(key, (part,)) for key, part in partial_rows(users[test], items[test], ratings[test])]
+            if encoded:
+                self.test_users.inc(len(encoded))
+                yield beam.pvalue.TaggedOutput(TEST_BY_USER, encoded)
             train = ~held_out
             users, items, ratings = users[train], items[train], ratings[train]
         self.interactions.inc(len(users))
-        yield from partial_rows(users, items, ratings)
+        encoded = [encode_example(key, (part,)) for key, part in partial_rows(users, items, ratings)]
+        if encoded:
+            self.user_records.inc(len(encoded))
+            yield encoded
         for row in partial_rows(items, users, ratings):
             yield beam.pvalue.TaggedOutput(BY_ITEM, row)
+
+
+class _RecordListSink(tfrecordio._TFRecordSink):
+    """Beam's TFRecord sink (same framing, shard names and finalization) whose elements are
+    lists of serialized records: one element per record batch instead of one per record."""
+
+    def write_record(self, file_handle, records: list) -> None:
+        for record in records:
+            tfrecordio._TFRecordUtil.write_record(file_handle, record)
+
+
+class WriteRecordLists(beam.PTransform):
+    """Lists of serialized records -> TFRecord shards ``prefix-SSSSS-of-NNNNN.tfrecord``."""
+
+    def __init__(self, prefix: str, num_shards: int = 0) -> None:
+        super().__init__()
+        self.sink = _RecordListSink(prefix, coders.BytesCoder(), contract.RECORD_SUFFIX, num_shards,
+                                    None, CompressionTypes.AUTO)
+
+    def expand(self, record_lists):
+        return record_lists | "WriteTFRecords" >> beam.io.Write(self.sink)
 
 
 def encode_example(key: int, parts: Iterable[tuple]) -> bytes:
@@ -142,15 +178,13 @@ class WriteInteractionRecords(beam.PTransform):
         # visitors, tf.Transform maps batches 1:1), so the partial rows by user are whole rows
         # and need no GroupByKey. metadata.build_metadata checks it: user_records == nusers.
         if self.write_test:
-            _ = rows[TEST_BY_USER] | "TestItemsForUser" >> WriteGroupedRecords(
-                FileSystems.join(self.output_dir, contract.TEST_ITEMS_FOR_USER), self.num_shards,
-                rows_counter="test_users", complete_rows=True,
+            _ = rows[TEST_BY_USER] | "TestItemsForUser" >> WriteRecordLists(
+                FileSystems.join(self.output_dir, contract.TEST_ITEMS_FOR_USER), self.num_shards
             )
         by_item = rows[BY_ITEM] | "UsersForItem" >> WriteGroupedRecords(
             FileSystems.join(self.output_dir, contract.USERS_FOR_ITEM), self.num_shards
         )
-        by_user = rows[BY_USER] | "ItemsForUser" >> WriteGroupedRecords(
-            FileSystems.join(self.output_dir, contract.ITEMS_FOR_USER), self.num_shards,
-            rows_counter="user_records", complete_rows=True,
+        by_user = rows[BY_USER] | "ItemsForUser" >> WriteRecordLists(
+            FileSystems.join(self.output_dir, contract.ITEMS_FOR_USER), self.num_shards
         )
         return by_item, by_user

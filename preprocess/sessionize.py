@@ -16,14 +16,17 @@ hits on each (a session fragment's day; the SQL's ``first_date`` / ``last_date``
 from __future__ import annotations
 
 import math
+import zlib
 from collections import defaultdict
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import apache_beam as beam
+import numpy as np
 
 from preprocess import counters, freshness
 
 VisitorInteractions = tuple  # (visitorId, ((contentId, session_duration), ...)) sorted by contentId
+VisitorBatch = list  # [VisitorInteractions, ...]: the element of the batched steps downstream
 
 
 def session_item_durations(hits: Iterable[tuple]) -> dict:
@@ -130,4 +133,223 @@ class SumInteractions(beam.PTransform):
             interactions
             | "GroupByVisitor" >> beam.GroupByKey()
             | "SumPerItem" >> beam.ParDo(SumVisitorInteractionsFn()).with_outputs(freshness.SEEN, main="interactions")
+        )
+
+
+# --------------------------------------------------------------------------- in buckets, on arrays
+#
+# The file readers hand over their hits as columns, one element per (block of input lines,
+# visitor bucket) instead of one per session; a bucket is ``crc32(visitor) % buckets``, so
+# all of a visitor's hits meet in one bucket after one GroupByKey, and the time on items is
+# computed with NumPy over the whole bucket. A bucket holds about ``1 / buckets`` of the
+# data (``bucket_count`` keeps that near ``BUCKET_BYTES`` of input), so no element grows
+# with the data set, and one visitor's history is never more than part of one element.
+
+NO_DAY = np.iinfo(np.int64).min  # a row without a (valid) date
+EXACT_INT = 2**62  # int64 times below this are summed exactly on arrays (see BucketDurationsFn)
+BUCKET_BYTES = 16 << 20  # input bytes per bucket, about: few, fat elements in the shuffle, bounded size
+
+HitColumns = tuple  # (visitors, visits, days, hit counts, times, items): see pack_rows
+
+
+def bucket_count(input_bytes: int) -> int:
+    """Buckets for an input of ``input_bytes``: about ``BUCKET_BYTES`` each, at least one."""
+    return max(1, -(-input_bytes // BUCKET_BYTES))
+
+
+def visitor_bucket(visitor: str, buckets: int) -> int:
+    """The bucket of a visitor: CRC-32 of its UTF-8 bytes (the same in every process, unlike
+    ``hash``), modulo ``buckets``."""
+    return zlib.crc32(visitor.encode("utf-8")) % buckets
+
+
+def pack_rows(rows: Sequence[tuple]) -> HitColumns:
+    """``[(visitor, visit, ((time, item or None), ...), day or None), ...]`` -> columns.
+
+    Text columns are ``\\n``-joined UTF-8 (IDs never hold a line break: ``ids.clean_id``;
+    an item ``None`` is the empty text, which is never an ID), numbers raw int64 bytes: Beam
+    encodes bytes without pickling. Times that are not all integers below ``EXACT_INT`` stay
+    a list of Python numbers, and that bucket takes the reference path.
+    """
+    n = len(rows)
+    visitors = "\n".join(row[0] for row in rows).encode("utf-8")
+    visits = np.fromiter((row[1] for row in rows), np.int64, n).tobytes()
+    days = np.fromiter((NO_DAY if row[3] is None else row[3] for row in rows), np.int64, n).tobytes()
+    counts = np.fromiter((len(row[2]) for row in rows), np.int64, n).tobytes()
+    times = [time for row in rows for time, _ in row[2]]
+    items = "\n".join(item or "" for row in rows for _, item in row[2]).encode("utf-8")
+    if all(type(t) is int and t < EXACT_INT for t in times):
+        times = np.asarray(times, dtype=np.int64).tobytes()
+    return visitors, visits, days, counts, times, items
+
+
+def bucketed_columns(rows: Sequence[tuple], buckets: int) -> Iterable[tuple]:
+    """Session rows of one block -> ``(bucket, HitColumns)``, one per bucket present."""
+    by_bucket: dict = defaultdict(list)
+    for row in rows:
+        by_bucket[visitor_bucket(row[0], buckets)].append(row)
+    for bucket, mine in by_bucket.items():
+        yield bucket, pack_rows(mine)
+
+
+def unpack_rows(columns: HitColumns) -> Iterable[tuple]:
+    """``pack_rows`` undone: ``(visitor, (visit, hits, day))`` per session row."""
+    visitors, visits, days, counts, times, items = columns
+    visitors = visitors.decode("utf-8").split("\n")
+    visits = np.frombuffer(visits, np.int64).tolist()
+    days = [None if d == NO_DAY else d for d in np.frombuffer(days, np.int64).tolist()]
+    counts = np.frombuffer(counts, np.int64).tolist()
+    times = np.frombuffer(times, np.int64).tolist() if isinstance(times, bytes) else times
+    items = [item or None for item in items.decode("utf-8").split("\n")]
+    start = 0
+    for visitor, visit, day, count in zip(visitors, visits, days, counts):
+        yield visitor, (visit, tuple(zip(times[start:start + count], items[start:start + count])), day)
+        start += count
+
+
+def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and ends of the runs of equal values in a sorted array."""
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
+    return starts, np.r_[starts[1:], len(keys)].astype(np.int64)
+
+
+class BucketDurationsFn(beam.DoFn):
+    """(bucket, [HitColumns, ...]) -> what ``VisitorDurationsFn`` gives for each of its
+    visitors, as two lists (a VisitorBatch of interactions and one of ``freshness.SEEN``
+    rows), computed on arrays: the same rule (module doc), counters and values.
+
+    Integer times whose every possible sum fits in int64 (``max time × hits < 2^63``) are
+    exact on arrays, as Python's integers are; any other bucket (float or huge times: only
+    hostile input has them) goes through ``VisitorDurationsFn`` itself, visitor by visitor.
+    """
+
+    def __init__(self) -> None:
+        self.reference = VisitorDurationsFn()
+        self.without_item = counters.dropped("hit_without_item")
+        self.nonpositive = counters.dropped("nonpositive_duration")
+        self.sessions = counters.counter("sessions")
+
+    def process(self, element) -> Iterable:
+        _, parts = element
+        parts = list(parts)
+        times = None
+        if all(isinstance(part[4], bytes) for part in parts):
+            times = np.concatenate([np.frombuffer(part[4], np.int64) for part in parts])
+            if len(times) and int(times.max()) * len(times) >= 2**63:
+                times = None
+        interactions, seen = [], []
+        for out in (self.by_visitor(parts) if times is None else self.on_arrays(parts, times)):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                seen.append(out.value)
+            else:
+                interactions.append(out)
+        if interactions:  # one element per bucket: a VisitorBatch
+            yield interactions
+            yield beam.pvalue.TaggedOutput(freshness.SEEN, seen)
+
+    def by_visitor(self, parts: list) -> Iterable:
+        fragments: dict = defaultdict(list)
+        for part in parts:
+            for visitor, fragment in unpack_rows(part):
+                fragments[visitor].append(fragment)
+        for visitor in sorted(fragments):
+            yield from self.reference.process((visitor, fragments[visitor]))
+
+    def on_arrays(self, parts: list, times: np.ndarray) -> Iterable:
+        row_visitors = b"\n".join(part[0] for part in parts).decode("utf-8").split("\n")
+        visits = np.concatenate([np.frombuffer(part[1], np.int64) for part in parts])
+        days = np.concatenate([np.frombuffer(part[2], np.int64) for part in parts])
+        counts = np.concatenate([np.frombuffer(part[3], np.int64) for part in parts])
+        item_text = b"\n".join(part[5] for part in parts).decode("utf-8").split("\n")
+
+        visitor_codes: dict = {}
+        row_visitor = np.fromiter((visitor_codes.setdefault(v, len(visitor_codes)) for v in row_visitors),
+                                  np.int64, len(row_visitors))
+        visitor_names = list(visitor_codes)
+        item_codes: dict = {"": -1}
+        item = np.fromiter((item_codes.setdefault(i, len(item_codes) - 1) for i in item_text), np.int64, len(item_text))
+        item_names = list(item_codes)[1:]
+        nitems = max(len(item_names), 1)
+
+        # Sessions: distinct (visitor, visitNumber) over the rows (a session may span rows).
+        order = np.lexsort((visits, row_visitor))
+        new = np.r_[True, (row_visitor[order][1:] != row_visitor[order][:-1]) | (visits[order][1:] != visits[order][:-1])]
+        row_session = np.empty(len(order), np.int64)
+        row_session[order] = np.cumsum(new) - 1
+        self.sessions.inc(int(new.sum()))
+        hit_row = np.repeat(np.arange(len(counts)), counts)
+        session, visitor, day = row_session[hit_row], row_visitor[hit_row], days[hit_row]
+        self.without_item.inc(int((item < 0).sum()))
+
+        # Distinct (session, time); the next one in the same session ends it (LEAD).
+        order = np.lexsort((times, session))
+        s, t = session[order], times[order]
+        new = np.r_[True, (s[1:] != s[:-1]) | (t[1:] != t[:-1])]
+        group = np.empty(len(order), np.int64)
+        group[order] = np.cumsum(new) - 1
+        group_session, group_time, group_visitor = s[new], t[new], visitor[order][new]
+        has_next = np.r_[group_session[1:] == group_session[:-1], False]
+        gap = np.r_[group_time[1:] - group_time[:-1], 0]
+
+        # One credit per distinct (session, time, item) that has a next time.
+        credited = (item >= 0) & has_next[group]
+        pairs = np.unique(group[credited] * nitems + item[credited])
+        pair_group, pair_item = pairs // nitems, pairs % nitems
+        keys, where = np.unique(group_visitor[pair_group] * nitems + pair_item, return_inverse=True)
+        totals = np.zeros(len(keys), np.int64)
+        np.add.at(totals, where, gap[pair_group])
+        positive = totals > 0
+        if not positive.all():
+            self.nonpositive.inc(int((~positive).sum()))
+        keys, totals = keys[positive], totals[positive]
+
+        # Date range of each (visitor, item) over its dated hits (credited or not).
+        dated = (item >= 0) & (day != NO_DAY)
+        dated_keys = visitor[dated] * nitems + item[dated]
+        order = np.argsort(dated_keys, kind="stable")
+        dated_keys, dated_days = dated_keys[order], day[dated][order]
+        starts, ends = _groups(dated_keys)
+        range_keys = dated_keys[starts]
+        firsts = np.minimum.reduceat(dated_days, starts) if len(starts) else dated_days[:0]
+        lasts = np.maximum.reduceat(dated_days, starts) if len(starts) else dated_days[:0]
+        at = np.searchsorted(range_keys, keys)
+        found = at < len(range_keys)
+        found[found] = range_keys[at[found]] == keys[found]
+        at = np.where(found, at, 0)
+
+        # Per visitor, items in text order: the VisitorDurationsFn element shapes.
+        rank = np.empty(nitems, np.int64)
+        rank[np.array(sorted(range(len(item_names)), key=item_names.__getitem__), dtype=np.int64)] = \
+            np.arange(len(item_names))
+        key_visitor, key_item = keys // nitems, keys % nitems
+        visitor_rank = np.empty(len(visitor_names), np.int64)
+        visitor_rank[np.array(sorted(range(len(visitor_names)), key=visitor_names.__getitem__), dtype=np.int64)] = \
+            np.arange(len(visitor_names))
+        order = np.lexsort((rank[key_item], visitor_rank[key_visitor]))
+        key_visitor, key_item, totals = key_visitor[order], key_item[order], totals[order]
+        found, at = found[order], at[order]
+        firsts = np.where(found, firsts[at] if len(firsts) else 0, NO_DAY)
+        lasts = np.where(found, lasts[at] if len(lasts) else 0, NO_DAY)
+        starts, ends = _groups(key_visitor)
+        kv, ki, kt = key_visitor.tolist(), key_item.tolist(), totals.tolist()
+        kf, kl = firsts.tolist(), lasts.tolist()
+        for start, end in zip(starts.tolist(), ends.tolist()):
+            name = visitor_names[kv[start]]
+            kept = tuple((item_names[ki[k]], kt[k]) for k in range(start, end))
+            yield name, kept
+            yield beam.pvalue.TaggedOutput(freshness.SEEN, (name, tuple(
+                (item_names[ki[k]], None if kf[k] == NO_DAY else kf[k], None if kl[k] == NO_DAY else kl[k])
+                for k in range(start, end))))
+
+
+class SessionizeHitBuckets(beam.PTransform):
+    """``(bucket, HitColumns)`` from the file readers -> VisitorBatches (``.interactions``)
+    and their items' date ranges (``[freshness.SEEN]``, lists too): the values
+    ``SessionizeHits`` gives from session rows, one list per bucket."""
+
+    def expand(self, bucketed_hits):
+        return (
+            bucketed_hits
+            | "GroupByBucket" >> beam.GroupByKey()
+            | "TimeOnItems" >> beam.ParDo(BucketDurationsFn()).with_outputs(freshness.SEEN, main="interactions")
         )

@@ -63,19 +63,31 @@ class MarkHeldOutFn(beam.DoFn):
         self.held_out = counters.counter("held_out_interactions")
 
     def process(self, element: tuple) -> Iterable[tuple]:
+        yield self.mark(element)
+
+    def mark(self, element: tuple) -> tuple:
         visitor, interactions = element
         flags = held_out_flags(visitor, [item for item, _ in interactions], self.test_fraction, self.seed)
         self.held_out.inc(sum(flags))
-        yield visitor, tuple((item, r, flag) for (item, r), flag in zip(interactions, flags))
+        return visitor, tuple((item, r, flag) for (item, r), flag in zip(interactions, flags))
+
+
+class MarkBatchHeldOutFn(MarkHeldOutFn):
+    """``MarkHeldOutFn`` over a VisitorBatch (one list in, one list out)."""
+
+    def process(self, batch: list) -> Iterable[list]:
+        yield [self.mark(element) for element in batch]
 
 
 class MarkHeldOut(beam.PTransform):
     """Marks each interaction as training (False) or held out (True); see the module doc."""
 
-    def __init__(self, test_fraction: float, seed: int = 0) -> None:
+    def __init__(self, test_fraction: float, seed: int = 0, batched: bool = False) -> None:
         super().__init__()
         self.test_fraction = test_fraction
         self.seed = seed
+        self.batched = batched  # elements are VisitorBatches
 
     def expand(self, ratings):
-        return ratings | "MarkHeldOut" >> beam.ParDo(MarkHeldOutFn(self.test_fraction, self.seed))
+        fn = MarkBatchHeldOutFn if self.batched else MarkHeldOutFn
+        return ratings | "MarkHeldOut" >> beam.ParDo(fn(self.test_fraction, self.seed))

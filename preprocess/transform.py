@@ -112,17 +112,16 @@ class ApplyVocabularies(beam.PTransform):
     """Per-visitor marked ratings -> (dense column batches (userIds, itemIds, ratings, heldOut),
     transform_fn)."""
 
-    def __init__(self, temp_dir: str) -> None:
+    def __init__(self, temp_dir: str, batched: bool = False) -> None:
         super().__init__()
         self.temp_dir = temp_dir
+        self.batched = batched  # elements are VisitorBatches already
 
     def expand(self, ratings):
         with tft_beam.Context(temp_dir=self.temp_dir):
-            batches = (
-                ratings
-                | "BatchVisitors" >> beam.BatchElements(min_batch_size=500, max_batch_size=20000)
-                | "ToRecordBatches" >> beam.Map(to_record_batch)
-            )
+            if not self.batched:
+                ratings = ratings | "BatchVisitors" >> beam.BatchElements(min_batch_size=500, max_batch_size=20000)
+            batches = ratings | "ToRecordBatches" >> beam.Map(to_record_batch)
             (transformed, _), transform_fn = (
                 batches,
                 tensor_adapter_config(),
