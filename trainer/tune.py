@@ -89,6 +89,9 @@ VALIDATION_SEED = 1  # the pipeline's test split uses seed 0
 VALIDATION_FRACTION = 0.2
 VALIDATION_MAX_USERS = 10000
 SUBSET_SEED = 7  # which validation users are scored when there are more than the cap
+AUTO_FOLDS = 5  # K of --validation_folds auto on small data: folds of 1/5 = VALIDATION_FRACTION
+AUTO_FOLDS_BELOW_USERS = 5000  # ... when the single carve-out scores fewer users than this
+FINALISTS = 6  # trials re-scored on all K folds
 METRICS = ("ndcg", "map", "recall", "precision")
 # trainer.task flags the search sets (not accepted on the command line)
 SEARCHED_FLAGS = ("objective", "n_embeds", "regularization", "alpha", "unobserved_weight", "num_epochs")
@@ -145,13 +148,40 @@ def _ranges(space: SearchSpace, objective: str) -> tuple[tuple[float, float], tu
 
 
 def random_config(rng: np.random.Generator, space: SearchSpace) -> dict:
-    """One draw of the random phase (always the same number of draws from ``rng``)."""
-    objective = space.objectives[int(rng.integers(len(space.objectives)))]
-    k = int(round(_log_uniform(rng, *space.factors)))
+    """One independent draw (objective uniform, the rest log-uniform in their ranges)."""
+    return _config_at(space, space.objectives[int(rng.integers(len(space.objectives)))],
+                      rng.uniform(size=3))
+
+
+def _config_at(space: SearchSpace, objective: str, z: Sequence[float]) -> dict:
+    """The configuration at ``z ∈ [0, 1)³`` of ``objective``'s log-ranges (k, λ, α or w0)."""
     lam_range, w_range = _ranges(space, objective)
-    lam = _round(_log_uniform(rng, *lam_range))
-    w = _round(_log_uniform(rng, *w_range))
-    return {"objective": objective, "factors": k, "regularization": lam, _weight_key(objective): w}
+
+    def at(zi: float, bounds: tuple[float, float]) -> float:
+        return math.exp(math.log(bounds[0]) + zi * (math.log(bounds[1]) - math.log(bounds[0])))
+
+    return {"objective": objective, "factors": int(round(at(z[0], space.factors))),
+            "regularization": _round(at(z[1], lam_range)), _weight_key(objective): _round(at(z[2], w_range))}
+
+
+def random_design(rng: np.random.Generator, space: SearchSpace, n: int) -> list[dict]:
+    """The random phase: ``n`` configurations by Latin hypercube sampling of the log-ranges.
+
+    For each of the three log-scaled coordinates (k, λ, α or w0, each mapped to ``[0, 1)``)
+    the ``n`` points take one stratum ``[s/n, (s+1)/n)`` each, in an independent random
+    order, at a uniform position within it: ``z_d(i) = (π_d(i) + U_d(i)) / n``. The
+    objectives are dealt out as evenly as possible in a random order. Every marginal is thus
+    covered at resolution ``1/n`` (iid draws leave gaps of expected width ``≈ log n / n``), so
+    11 points cannot all miss, say, the upper third of λ — what made two of three searches on
+    the 801-user GA export stay in a low-λ corner."""
+    import numpy as np
+
+    if n <= 0:
+        return []
+    obj = [space.objectives[i % len(space.objectives)] for i in range(n)]
+    obj = [obj[i] for i in rng.permutation(n)]
+    z = (np.stack([rng.permutation(n) for _ in range(3)], axis=1) + rng.uniform(size=(n, 3))) / n
+    return [_config_at(space, o, z[i]) for i, o in enumerate(obj)]
 
 
 def refine_config(rng: np.random.Generator, space: SearchSpace, best: dict) -> dict:
@@ -173,26 +203,48 @@ def uniform_hash(seed: int, user: str, item: str) -> float:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 18446744073709551616.0
 
 
-def validation_flags(
-    train: CSR, users: Sequence[str], items: Sequence[str],
-    fraction: float = VALIDATION_FRACTION, seed: int = VALIDATION_SEED,
-) -> np.ndarray:
-    """One bool per stored cell of ``train`` (CSR order): ``True`` = validation (module doc)."""
+def cell_draws(train: CSR, users: Sequence[str], items: Sequence[str],
+               seed: int = VALIDATION_SEED) -> np.ndarray:
+    """``u(v, i)`` (:func:`uniform_hash`) of every stored cell of ``train``, in CSR order."""
     import numpy as np
 
     rows = train.row_ids()
-    u = np.fromiter((uniform_hash(seed, users[i], items[j]) for i, j in zip(rows, train.indices)),
-                    dtype=np.float64, count=train.nnz)
-    flags = u < fraction
+    return np.fromiter((uniform_hash(seed, users[i], items[j]) for i, j in zip(rows, train.indices)),
+                       dtype=np.float64, count=train.nnz)
+
+
+def interval_flags(train: CSR, u: np.ndarray, low: float, high: float) -> np.ndarray:
+    """One bool per stored cell (CSR order): ``True`` = validation, i.e. ``low ≤ u < high``,
+    except that a user with one cell keeps it and a user whose every cell drew
+    ``low ≤ u < high`` keeps the one with the largest ``u`` for fitting (the pipeline's
+    held-out rule with ``low = 0``, ``high = fraction``)."""
+    import numpy as np
+
+    flags = (u >= low) & (u < high)
     lens = train.row_lengths()
     flags[np.repeat(lens < 2, lens)] = False
-    # users whose every cell drew u < fraction keep the one with the largest u
     n_flagged = np.add.reduceat(flags.astype(np.int64), train.indptr[:-1]) if train.nnz else np.zeros(0)
     n_flagged = np.where(lens > 0, n_flagged, 0)
     for i in np.flatnonzero((lens >= 2) & (n_flagged == lens)):
         s, e = int(train.indptr[i]), int(train.indptr[i + 1])
         flags[s + int(np.argmax(u[s:e]))] = False
     return flags
+
+
+def validation_flags(
+    train: CSR, users: Sequence[str], items: Sequence[str],
+    fraction: float = VALIDATION_FRACTION, seed: int = VALIDATION_SEED,
+) -> np.ndarray:
+    """One bool per stored cell of ``train`` (CSR order): ``True`` = validation (module doc):
+    :func:`interval_flags` on ``[0, fraction)``."""
+    return interval_flags(train, cell_draws(train, users, items, seed), 0.0, fraction)
+
+
+def fold_bounds(folds: int) -> list[tuple[float, float]]:
+    """The K intervals ``[f/K, (f+1)/K)``, f = 0..K−1, of K-fold validation. Adjacent folds
+    share the very same float bound, so the intervals partition ``[0, 1)`` exactly; fold 0
+    of 5 is ``[0, 0.2)``, the single carve-out with the default fraction."""
+    return [(f / folds, (f + 1) / folds) for f in range(folds)]
 
 
 def scored_users(val: CSR, max_users: int, seed: int = SUBSET_SEED) -> np.ndarray:
@@ -221,19 +273,16 @@ class Carve:
     info: dict
 
 
-def carve(train: CSR, users: Sequence[str], items: Sequence[str], fraction: float,
-          max_users: int) -> Carve:
-    """The validation carve-out of the training matrix (module doc)."""
+def _carve_from_flags(train: CSR, held: np.ndarray, max_users: int, info: dict) -> Carve:
     from trainer.evaluation import keep_rows
     from trainer.sparse import CSR
 
-    held = validation_flags(train, users, items, fraction, VALIDATION_SEED)
     rows = train.row_ids()
     fit = CSR.from_coo(rows[~held], train.indices[~held], train.values[~held], train.shape)
     val_all = CSR.from_coo(rows[held], train.indices[held], train.values[held], train.shape)
     val = keep_rows(val_all, scored_users(val_all, max_users))
     info = {
-        "rule": "preprocess/split.py's held_out_flags on raw IDs", "fraction": fraction,
+        "rule": "preprocess/split.py's held_out_flags on raw IDs", **info,
         "seed": VALIDATION_SEED, "train_interactions": train.nnz, "fit_interactions": fit.nnz,
         "validation_interactions": val_all.nnz,
         "validation_users": int((val_all.row_lengths() > 0).sum()),
@@ -243,9 +292,62 @@ def carve(train: CSR, users: Sequence[str], items: Sequence[str], fraction: floa
     return Carve(fit, val, info)
 
 
+def carve(train: CSR, users: Sequence[str], items: Sequence[str], fraction: float,
+          max_users: int) -> Carve:
+    """The single validation carve-out of the training matrix (module doc): ``u < fraction``."""
+    held = validation_flags(train, users, items, fraction, VALIDATION_SEED)
+    return _carve_from_flags(train, held, max_users, {"fraction": fraction})
+
+
+def carve_folds(train: CSR, users: Sequence[str], items: Sequence[str], folds: int,
+                max_users: int) -> list[Carve]:
+    """K-fold carve-outs of the training matrix: fold ``f`` validates the cells with
+    ``u ∈ [f/K, (f+1)/K)`` (:func:`fold_bounds`, :func:`interval_flags`) and fits on the
+    rest of ``R``. Every cell is validated in exactly one fold, except a user's single cell and
+    the one cell a user keeps in a fold that drew all of them (those are fitted everywhere).
+    With ``K = 1/fraction`` fold 0 is :func:`carve`'s carve-out."""
+    u = cell_draws(train, users, items, VALIDATION_SEED)
+    return [_carve_from_flags(train, interval_flags(train, u, lo, hi), max_users,
+                              {"fraction": hi - lo, "fold": f, "folds": folds, "interval": [lo, hi]})
+            for f, (lo, hi) in enumerate(fold_bounds(folds))]
+
+
 # --------------------------------------------------------------------------- trials
-def run_trial(args: argparse.Namespace, config: dict, data: Carve, key: str) -> dict:
-    """Trains ``config`` on ``data.fit``, evaluating on ``data.val`` after every sweep."""
+def _mean_curve(curves: list[list[dict]], n: int) -> list[dict]:
+    """Sweeps ``1..n`` of the per-fold curves averaged metric by metric (fold-mean metrics)."""
+    import numpy as np
+
+    out = []
+    for s in range(n):
+        keys = [k for k in curves[0][s] if k != "sweep"]
+        out.append({"sweep": s + 1, **{k: float(np.mean([c[s][k] for c in curves])) for k in keys}})
+    return out
+
+
+def standard_error(values: Sequence[float]) -> float | None:
+    """``sd(values) / √K`` with the ``K − 1`` denominator (the standard error of a K-fold mean,
+    as the one-standard-error rule uses it); ``None`` for fewer than two values."""
+    import numpy as np
+
+    if len(values) < 2:
+        return None
+    return float(np.std(np.asarray(values, dtype=np.float64), ddof=1) / math.sqrt(len(values)))
+
+
+def run_trial(args: argparse.Namespace, config: dict, folds: Sequence[Carve], key: str) -> dict:
+    """Trains ``config`` on each fold's fit part, evaluating on its validation part after every
+    sweep, and scores the trial by the fold-mean curve.
+
+    The K fold models advance in lockstep: in rounds of ``--trial_patience`` sweeps each model
+    continues from its saved state (:class:`trainer.wals.TrainingState`; resuming gives the
+    same factors as an uninterrupted fit), then the fold-mean curve
+    ``m(s) = (1/K) Σ_f metric_f(s)`` decides early stopping exactly as a sweep-by-sweep loop
+    would: the trial stops at the first sweep ``s`` with ``--trial_patience`` sweeps since the
+    best of ``m(1..s)``, and sweeps computed past ``s`` in the last round are dropped. With one
+    fold there is one round (the callback stops the fit). The trial's value is ``max_s m(s)``
+    at the first such sweep ``s*`` (its best sweep), ``fold_values`` are ``metric_f(s*)`` and
+    ``standard_error`` is :func:`standard_error` of them.
+    """
     import numpy as np
 
     from trainer.evaluation import best_index, evaluate, evaluations_since_best
@@ -255,27 +357,53 @@ def run_trial(args: argparse.Namespace, config: dict, data: Carve, key: str) -> 
     kw.update(config)
     kw["iterations"] = args.max_sweeps
     kw["calculate_training_loss"] = False
-    model = WALSModel(**kw)
-    curve: list[dict] = []
+    n = len(folds)
+    models = [WALSModel(**kw) for _ in folds]
+    states: list[Any] = [None] * n
+    curves: list[list[dict]] = [[] for _ in folds]
     eval_seconds = [0.0]
-
-    def on_sweep(st: Any) -> bool:
-        t = time.perf_counter()
-        m = evaluate(st.user_factors, st.item_factors, data.fit, data.val, k=args.eval_k,
-                     batch_size=args.batch_size)
-        eval_seconds[0] += time.perf_counter() - t
-        curve.append({"sweep": st.sweeps_done, **{k: float(v) for k, v in m.items()}})
-        return evaluations_since_best(curve, key) >= args.trial_patience
-
+    stop_at: int | None = None  # the sweep after which the fold-mean curve stops the trial
+    horizon = 0
     t0 = time.perf_counter()
-    model.fit(data.fit, callback=on_sweep)
+    while stop_at is None and horizon < args.max_sweeps:
+        horizon = args.max_sweeps if n == 1 else min(args.max_sweeps, horizon + args.trial_patience)
+        for f, (model, data) in enumerate(zip(models, folds)):
+            curve = curves[f]
+
+            def on_sweep(st: Any, data: Carve = data, curve: list = curve, f: int = f) -> bool:
+                t = time.perf_counter()
+                m = evaluate(st.user_factors, st.item_factors, data.fit, data.val, k=args.eval_k,
+                             batch_size=args.batch_size)
+                eval_seconds[0] += time.perf_counter() - t
+                curve.append({"sweep": st.sweeps_done, **{k: float(v) for k, v in m.items()}})
+                states[f] = st
+                if n == 1:
+                    return evaluations_since_best(curve, key) >= args.trial_patience
+                return st.sweeps_done >= horizon
+
+            model.fit(data.fit, state=states[f], callback=on_sweep)
+        done = min(len(c) for c in curves)
+        mean = _mean_curve(curves, done)
+        for s in range(1, done + 1):
+            if evaluations_since_best(mean[:s], key) >= args.trial_patience:
+                stop_at = s
+                break
+        if done < horizon:  # one fold stopped by itself (K = 1)
+            stop_at = stop_at or done
     seconds = time.perf_counter() - t0
-    b = best_index(curve, key)
-    value = curve[b][key] if b is not None and np.isfinite(curve[b][key]) else None
+    done = min(len(c) for c in curves) if stop_at is None else stop_at
+    curves = [c[:done] for c in curves]
+    mean = _mean_curve(curves, done)
+    b = best_index(mean, key)
+    value = mean[b][key] if b is not None and np.isfinite(mean[b][key]) else None
+    fold_values = [c[b][key] for c in curves] if b is not None else []
     return {
-        "hyperparameters": config, "validation": curve,
-        "best_sweep": None if value is None else curve[b]["sweep"], "value": value,
-        "seconds": seconds, "train_seconds": float(sum(h["seconds"] for h in model.history)),
+        "hyperparameters": config, "validation": mean,
+        "best_sweep": None if value is None else mean[b]["sweep"], "value": value,
+        "fold_values": fold_values, "standard_error": standard_error(fold_values),
+        "fold_validation": curves if n > 1 else None,
+        "seconds": seconds, "train_seconds": float(sum(
+            h["seconds"] for m in models for h in m.history)),
         "evaluation_seconds": eval_seconds[0],
     }
 
@@ -292,22 +420,84 @@ def choose(trials: list[dict]) -> int:
     return best
 
 
-def search(args: argparse.Namespace, data: Carve, space: SearchSpace) -> list[dict]:
+def finalists(trials: Sequence[dict], m: int) -> list[int]:
+    """Indices of the ``m`` trials with the highest values (distinct hyperparameters; the
+    earlier of equal configurations, the earlier trial on equal values), best first."""
+    order = sorted((i for i, t in enumerate(trials) if t["value"] is not None),
+                   key=lambda i: (-trials[i]["value"], i))
+    out: list[int] = []
+    seen: list[dict] = []
+    for i in order:
+        if trials[i]["hyperparameters"] not in seen:
+            seen.append(trials[i]["hyperparameters"])
+            out.append(i)
+        if len(out) == m:
+            break
+    return out
+
+
+def regularization_strength(config: dict, space: SearchSpace) -> float:
+    """``(log λ − log λ_lo) / (log λ_hi − log λ_lo)`` in the objective's own λ range: how
+    strongly the configuration is regularised, comparable across the two objectives (their λ
+    are in different units)."""
+    lo, hi = _ranges(space, config["objective"])[0]
+    return (math.log(config["regularization"]) - math.log(lo)) / (math.log(hi) - math.log(lo))
+
+
+def one_standard_error_rule(candidates: Sequence[dict], space: SearchSpace) -> tuple[int, float]:
+    """The one-standard-error rule (Breiman et al. 1984; Hastie, Tibshirani & Friedman, *The
+    Elements of Statistical Learning*, §7.10) on K-fold validation scores.
+
+    ``candidates``: dicts with ``value`` (the K-fold mean ``m_c``), ``standard_error``
+    (``SE_c = sd_f / √K``) and ``hyperparameters``. With ``b = argmax_c m_c``, every candidate
+    with ``m_c ≥ m_b − SE_b`` is statistically indistinguishable from the best at the
+    resolution the folds give; among those the rule takes the most strongly regularised
+    (:func:`regularization_strength`; then the higher mean, then the earlier candidate), the
+    model whose validation score is least inflated by fitting the carve-out's noise. Returns
+    (the index in ``candidates``, the threshold ``m_b − SE_b``).
+    """
+    scored = [i for i, c in enumerate(candidates) if c["value"] is not None]
+    if not scored:
+        return -1, math.nan
+    b = min(scored, key=lambda i: (-candidates[i]["value"], i))
+    threshold = candidates[b]["value"] - (candidates[b]["standard_error"] or 0.0)
+    eligible = [i for i in scored if candidates[i]["value"] >= threshold]
+    pick = min(eligible, key=lambda i: (-regularization_strength(candidates[i]["hyperparameters"], space),
+                                        -candidates[i]["value"], i))
+    return pick, threshold
+
+
+def resolve_folds(requested: str, fraction_given: bool, users_scored: int) -> int:
+    """K for ``--validation_folds``: an integer as given; ``auto`` = :data:`AUTO_FOLDS` when
+    the single carve-out scores fewer than :data:`AUTO_FOLDS_BELOW_USERS` users (and the
+    fraction is the default 1/5, so fold 0 is that carve-out), else 1."""
+    if requested != "auto":
+        return int(requested)
+    if fraction_given or users_scored >= AUTO_FOLDS_BELOW_USERS:
+        return 1
+    return AUTO_FOLDS
+
+
+def search(args: argparse.Namespace, folds: Sequence[Carve], space: SearchSpace) -> list[dict]:
     """Every trial of the strategy (module doc), in order."""
     import numpy as np
 
     key = f"{args.metric}@{args.eval_k}"
     rng = np.random.default_rng(args.seed)
     n_random = max(1, math.ceil(args.trials / 2))
+    with_defaults = DEFAULTS.objective in space.objectives
+    design = random_design(rng, space, n_random - (1 if with_defaults else 0))
     trials: list[dict] = []
     for t in range(args.trials):
-        if t == 0 and DEFAULTS.objective in space.objectives:
+        if t == 0 and with_defaults:
             config, phase = default_config(), "defaults"
-        elif t < n_random or choose(trials) < 0:
+        elif t < n_random:
+            config, phase = design[t - (1 if with_defaults else 0)], "random"
+        elif choose(trials) < 0:
             config, phase = random_config(rng, space), "random"
         else:
             config, phase = refine_config(rng, space, trials[choose(trials)]["hyperparameters"]), "refine"
-        result = {"trial": t, "phase": phase, **run_trial(args, config, data, key)}
+        result = {"trial": t, "phase": phase, **run_trial(args, config, folds, key)}
         trials.append(result)
         log.info("trial %d/%d (%s) %s: %s=%s at sweep %s (%.1f s)", t + 1, args.trials, phase,
                  _config_text(config), key,
@@ -399,10 +589,17 @@ def build_tune_parser() -> argparse.ArgumentParser:
     g.add_argument("--metric", choices=METRICS, default="ndcg", help="validation metric (@--eval_k)")
     g.add_argument("--objectives", nargs="+", choices=CHOICES["objective"],
                    default=list(SearchSpace.objectives), help="objectives searched")
-    g.add_argument("--validation_fraction", type=float, default=VALIDATION_FRACTION,
+    g.add_argument("--validation_fraction", type=float, default=None,
                    help="share of each user's training interactions carved out for validation")
     g.add_argument("--validation_users", type=int, default=VALIDATION_MAX_USERS,
                    help="most validation users scored (a fixed hash-chosen subset)")
+    g.add_argument("--validation_folds", default="auto", metavar="auto|K",
+                   help="K-fold validation of the finalists (K >= 2: fold f validates the cells "
+                   "with hash in [f/K, (f+1)/K)); auto: 5 when the carve-out scores fewer than "
+                   f"{AUTO_FOLDS_BELOW_USERS} users, else 1 (the single carve-out)")
+    g.add_argument("--finalists", type=int, default=FINALISTS,
+                   help="with K >= 2 folds: the best trials of the search re-scored on all K "
+                   "folds, one chosen by the one-standard-error rule")
     return p
 
 
@@ -417,11 +614,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) != value:
             p.error(f"--{name} is not available with trainer.tune")
     for name, minimum in (("trials", 1), ("max_sweeps", 1), ("trial_patience", 1),
-                          ("validation_users", 1), ("topk", 1), ("eval_k", 1)):
+                          ("validation_users", 1), ("topk", 1), ("eval_k", 1), ("finalists", 1)):
         if getattr(args, name) < minimum:
             p.error(f"--{name} must be >= {minimum}, got {getattr(args, name)}")
+    args.fraction_given = args.validation_fraction is not None
+    if not args.fraction_given:
+        args.validation_fraction = VALIDATION_FRACTION
     if not 0.0 < args.validation_fraction < 1.0:
         p.error(f"--validation_fraction must be in (0, 1), got {args.validation_fraction:g}")
+    if args.validation_folds != "auto":
+        try:
+            folds = int(args.validation_folds)
+        except ValueError:
+            p.error(f"--validation_folds must be auto or an integer, got {args.validation_folds!r}")
+        if folds < 1:
+            p.error(f"--validation_folds must be >= 1, got {folds}")
+        if folds > 1 and args.fraction_given and args.validation_fraction != 1.0 / folds:
+            p.error(f"--validation_fraction {args.validation_fraction:g} does not fit "
+                    f"--validation_folds {folds} (each fold validates 1/{folds})")
+        if folds > 1:
+            args.validation_fraction = 1.0 / folds
     if args.col_weights != "uniform" and "implicit" in args.objectives:
         p.error("--col_weights other than uniform needs --objectives wals")
     args.objectives = list(dict.fromkeys(args.objectives))
@@ -460,30 +672,72 @@ def run(args: argparse.Namespace) -> dict:
     log.info("validation carve-out: %d fit interactions, %d validation interactions of %d "
              "users (%d scored)", data.fit.nnz, data.info["validation_interactions"],
              data.info["validation_users"], data.info["validation_users_scored"])
+    n_folds = resolve_folds(args.validation_folds, args.fraction_given,
+                            data.info["validation_users_scored"])
     space = SearchSpace(objectives=tuple(args.objectives), max_sweeps=args.max_sweeps)
     key = f"{args.metric}@{args.eval_k}"
     t = time.perf_counter()
-    trials = search(args, data, space)
+    trials = search(args, [data], space)
     search_seconds = time.perf_counter() - t
-    chosen = choose(trials)
-    if chosen < 0:
-        raise TrainerInputError("no trial gave a finite validation metric")
+    cross: dict | None = None
+    if n_folds > 1:
+        t = time.perf_counter()
+        folds = carve_folds(train, users, items, n_folds, args.validation_users)
+        log.info("small validation set (%d users scored): the %d best trials re-scored on %d "
+                 "folds", data.info["validation_users_scored"], args.finalists, n_folds)
+        final_ids = finalists(trials, args.finalists)
+        candidates = []
+        for i in final_ids:
+            cv = run_trial(args, trials[i]["hyperparameters"], folds, key)
+            cv.pop("hyperparameters")
+            trials[i]["cross_validation"] = cv
+            candidates.append({"trial": i, "hyperparameters": trials[i]["hyperparameters"], **cv})
+            log.info("finalist trial %d %s: %d-fold %s=%s ± %s at sweep %s (%.1f s)", i,
+                     _config_text(trials[i]["hyperparameters"]), n_folds, key,
+                     "n/a" if cv["value"] is None else f"{cv['value']:.5f}",
+                     "n/a" if cv["standard_error"] is None else f"{cv['standard_error']:.5f}",
+                     cv["best_sweep"], cv["seconds"])
+        pick, threshold = one_standard_error_rule(candidates, space)
+        if pick < 0:
+            raise TrainerInputError("no finalist gave a finite validation metric")
+        best_cv = candidates[int(max(range(len(candidates)), key=lambda j: (
+            -math.inf if candidates[j]["value"] is None else candidates[j]["value"], -j)))]
+        chosen = candidates[pick]["trial"]
+        value, sweeps = candidates[pick]["value"], candidates[pick]["best_sweep"]
+        cross = {
+            "folds": n_folds, "finalists": final_ids,
+            "rule": "one standard error: among the finalists whose K-fold mean is at least the "
+                    "best mean minus its standard error, the most strongly regularised",
+            "best_trial": best_cv["trial"], "best_value": best_cv["value"],
+            "best_standard_error": best_cv["standard_error"], "threshold": threshold,
+            "carve_outs": [f.info for f in folds], "seconds": time.perf_counter() - t,
+        }
+    else:
+        chosen = choose(trials)
+        if chosen < 0:
+            raise TrainerInputError("no trial gave a finite validation metric")
+        value, sweeps = trials[chosen]["value"], trials[chosen]["best_sweep"]
     best = trials[chosen]
-    flags = task_flags(best["hyperparameters"], best["best_sweep"])
+    flags = task_flags(best["hyperparameters"], sweeps)
     log.info("chosen: trial %d, %s, %d sweeps (%s=%.5f); training it on all the data: %s",
-             chosen, _config_text(best["hyperparameters"]), best["best_sweep"], key,
-             best["value"], " ".join(flags))
-    summary = task.run(final_args(args, best["hyperparameters"], best["best_sweep"]))
+             chosen, _config_text(best["hyperparameters"]), sweeps, key, value, " ".join(flags))
+    summary = task.run(final_args(args, best["hyperparameters"], sweeps))
     out = {
-        "metric": key, "seed": args.seed, "strategy": "random search, then local refinement "
-        "around the best (trial 0: the defaults); see trainer/tune.py",
+        "metric": key, "seed": args.seed, "strategy": "Latin-hypercube random search, then "
+        "local refinement around the best (trial 0: the defaults); with K >= 2 folds the "
+        "finalists re-scored by K-fold validation and chosen by the one-standard-error rule; "
+        "see trainer/tune.py",
         "search_space": space.to_json(), "budget": {
-            "trials": args.trials, "max_sweeps": args.max_sweeps, "trial_patience": args.trial_patience},
-        "validation": data.info, "trials": trials,
+            "trials": args.trials, "max_sweeps": args.max_sweeps, "trial_patience": args.trial_patience,
+            "validation_folds": n_folds, "finalists": args.finalists if n_folds > 1 else 0},
+        "validation": data.info, "cross_validation": cross, "trials": trials,
         "chosen": {"trial": chosen, "hyperparameters": best["hyperparameters"],
-                   "sweeps": best["best_sweep"], "value": best["value"], "task_flags": flags},
+                   "sweeps": sweeps, "value": value, "search_value": best["value"],
+                   "standard_error": None if cross is None else best["cross_validation"]["standard_error"],
+                   "task_flags": flags},
         "final": {"evaluation": summary.get("evaluation"), "training_summary": task.SUMMARY},
         "timing": {"search_seconds": search_seconds,
+                   "cross_validation_seconds": None if cross is None else cross["seconds"],
                    "total_seconds": time.perf_counter() - t_start},
     }
     fileio.write_json(fileio.join(args.output_dir, TUNING), out)
