@@ -27,16 +27,19 @@ float rounding).
 Implementation (no Python loop over rows):
 
 * ``G`` is computed once per half-sweep; ``w0 G + λ I`` is shared by all rows.
-* Non-empty rows are sorted by length and grouped into buckets whose lengths differ by at most
-  a factor 2^(1/4); each bucket is cut into batches of at most ``batch_size`` rows and at most
-  ``max_batch_floats`` gathered floats. A batch is a padded ``(B, L)`` block of column ids,
-  ``W − w0`` and ``W·A`` (padding has weight 0, so it contributes nothing; ``B·L·k`` and, on
-  the ``k × k`` path below, ``B·k²`` stay under ``max_batch_floats``). These blocks are
-  built once (NumPy) and kept on the device. ``max_batch_floats`` defaults to the device's
-  (:func:`trainer.device.max_batch_floats`).
-* Batches are solved :func:`trainer.device.batches_in_flight` at a time (two on a CPU, from
-  two Python threads; :mod:`trainer.device` says why). Every batch is independent, so the
-  factors are the same.
+* Rows are solved in batches laid out by :mod:`trainer.plan`: rows of similar length (within
+  a factor 2^(1/8)) form a padded ``(B, L)`` block of column IDs and ratings, 8 bytes per
+  entry, kept on its device; ``W − w0`` and ``W·A`` are computed from the ratings when the
+  batch is solved (padding has weight 0, so it contributes nothing). ``B·L·k`` and, on the
+  ``k × k`` path below, ``B·k²`` stay under ``max_batch_floats``, which defaults to the
+  device's (:func:`trainer.device.max_batch_floats`).
+* Batches are solved :func:`trainer.device.batches_in_flight` at a time per device (two on a
+  CPU, from two Python threads; :mod:`trainer.device` says why). Every batch is independent,
+  so the factors are the same. With several devices (:func:`trainer.device.compute_devices`:
+  every visible GPU by default) the plan spreads the batches over them and each half-sweep
+  copies the fixed factors to every device once; the solutions are written back into the
+  factors, held once on the first device, row by row (``tf.Variable.scatter_update``): a
+  sweep updates the factors in place.
 * Per batch: ``X = V[idx]`` (``B × L × k``), ``M = Xᵀ diag(W − w0) X + (w0 G + λ I)`` and
   ``b = Xᵀ (W·A)`` by batched matmul, then a batched Cholesky solve — or, with
   ``solver="cg"``, ``cg_steps`` conjugate-gradient iterations on ``M x = b`` warm-started from
@@ -765,11 +768,14 @@ class WALSModel:
                 t0 = time.perf_counter()
                 self._sweep(u, v, user_plan, item_plan, f"sweep {sweep}/{self.iterations}", progress)
                 _ = v[:1].numpy()  # wait for the device before taking the time
-                state = self._record(state, u, v, user_plan, time.perf_counter() - t0)
+                # a callback gets the factors as NumPy arrays: a second copy of them, which a
+                # fit without one does not need to hold
+                state = self._record(state, u, v, user_plan, time.perf_counter() - t0,
+                                     snapshot=callback is not None)
                 if callback is not None and callback(state):
                     break
-        self.user_factors = state.user_factors.astype(np.float32)
-        self.item_factors = state.item_factors.astype(np.float32)
+            self.user_factors = np.asarray(u.numpy(), np.float32)  # .numpy() copies already
+            self.item_factors = np.asarray(v.numpy(), np.float32)
         self.history = list(state.history)
         return self
 
@@ -795,17 +801,28 @@ class WALSModel:
                          previous=v, progress=progress, stage=f"{stage} items", out=v)
 
     def _record(
-        self, before: TrainingState, u: Any, v: Any, user_plan: SweepPlan, seconds: float
+        self, before: TrainingState, u: Any, v: Any, user_plan: SweepPlan, seconds: float,
+        snapshot: bool = True,
     ) -> TrainingState:
         """The state after the sweep that followed ``before`` (its loss when asked for), also
-        kept on the model so that a callback sees it."""
+        kept on the model so that a callback sees it; without ``snapshot`` only the sweep count
+        and history (the factors stay in ``u`` / ``v``: the state's are ``None``)."""
+        tf = _tf()
         sweep = before.sweeps_done + 1
         entry: dict[str, Any] = {"sweep": sweep, "seconds": seconds}
         if self.calculate_training_loss:
             entry.update(compute_loss(u, v, user_plan, self.weighting.w0, self.regularization))
             if not np.isfinite(entry["loss"]):
                 raise FloatingPointError(f"loss became {entry['loss']} at sweep {sweep}")
-        state = TrainingState(sweep, u.numpy(), v.numpy(), [*before.history, entry])
+        history = [*before.history, entry]
+        if not snapshot:
+            if not self.calculate_training_loss and not bool(
+                tf.reduce_all(tf.math.is_finite(u)) & tf.reduce_all(tf.math.is_finite(v))
+            ):
+                raise FloatingPointError(f"the factors became NaN/inf at sweep {sweep}")
+            self.history = history
+            return TrainingState(sweep, None, None, history)
+        state = TrainingState(sweep, u.numpy(), v.numpy(), history)
         if not self.calculate_training_loss and not (
             np.all(np.isfinite(state.user_factors)) and np.all(np.isfinite(state.item_factors))
         ):
