@@ -120,36 +120,57 @@ class SweepPlan:
         w = self.weighting
         fn = _expand_fn(batch.ratings.dtype.name, w.objective, w.confidence)
         with tf.device(part.device):
-            return fn(batch.cols, batch.ratings, batch.rows, part.row_weights, part.col_weights,
-                      part.scalars, batch.padded_shape)
+            return fn(*self.block(batch))
+
+    def block(self, batch: Batch) -> tuple[Any, ...]:
+        """The tensors :func:`expand_block` takes for ``batch`` (all on its device)."""
+        part = self.parts[batch.part]
+        return (batch.cols, batch.ratings, batch.rows, part.row_weights, part.col_weights,
+                part.scalars, batch.padded_shape)
+
+
+def expand_block(
+    objective: str, confidence: str, cols: Any, ratings: Any, rows: Any, row_weights: Any,
+    col_weights: Any, scalars: Any, shape: Any,
+) -> tuple[Any, Any, Any]:
+    """In-graph body of :meth:`SweepPlan.expand` (the solver's kernels call it inside their own
+    ``tf.function``, :meth:`SweepPlan.block`): pads the stored block to ``shape`` and computes
+    the weights (:func:`trainer.weights.observed_tf`)."""
+    tf = _tf()
+    grow = [[0, shape[0] - tf.shape(cols)[0]], [0, shape[1] - tf.shape(cols)[1]]]
+    cols = tf.pad(cols, grow, constant_values=-1)
+    ratings = tf.pad(ratings, grow)
+    mask = cols >= 0
+    idx = tf.maximum(cols, 0)
+    if objective == "wals":  # only its weights depend on the row and column
+        # padding rows read row 0's weight; the mask gives their entries weight 0
+        rho = tf.gather(row_weights, tf.pad(rows, grow[:1]))[:, None]
+        gamma = tf.gather(col_weights, idx)
+    else:
+        rho = gamma = None
+    alpha, epsilon, w0 = scalars[0], scalars[1], scalars[2]
+    extra, wa = wts.observed_tf(objective, confidence, ratings, rho, gamma, alpha, epsilon, w0)
+    zero = tf.zeros_like(ratings)
+    return idx, tf.where(mask, extra, zero), tf.where(mask, wa, zero)
+
+
+def block_signature(dtype: Any) -> list[Any]:
+    """One ``tf.TensorSpec`` per tensor of :meth:`SweepPlan.block`."""
+    tf = _tf()
+    vec = tf.TensorSpec([None], dtype)
+    return [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], dtype),
+            tf.TensorSpec([None], tf.int32), vec, vec, tf.TensorSpec([3], dtype),
+            tf.TensorSpec([2], tf.int32)]
 
 
 @functools.lru_cache(maxsize=None)
 def _expand_fn(dtype_name: str, objective: str, confidence: str) -> Any:
     """The ``tf.function`` behind :meth:`SweepPlan.expand` (one trace per dtype and objective)."""
     tf = _tf()
-    dt = tf.as_dtype(dtype_name)
-    vec = tf.TensorSpec([None], dt)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
-                                  tf.TensorSpec([None, None], dt), tf.TensorSpec([None], tf.int32),
-                                  vec, vec, tf.TensorSpec([3], dt), tf.TensorSpec([2], tf.int32)])
-    def expand(cols, ratings, rows, row_weights, col_weights, scalars, shape):
-        alpha, epsilon, w0 = scalars[0], scalars[1], scalars[2]
-        grow = [[0, shape[0] - tf.shape(cols)[0]], [0, shape[1] - tf.shape(cols)[1]]]
-        cols = tf.pad(cols, grow, constant_values=-1)
-        ratings = tf.pad(ratings, grow)
-        rows = tf.pad(rows, grow[:1])  # padding rows read row 0's weight, then get weight 0
-        mask = cols >= 0
-        idx = tf.maximum(cols, 0)
-        if objective == "wals":  # only its weights depend on the row and column
-            rho = tf.gather(row_weights, rows)[:, None]
-            gamma = tf.gather(col_weights, idx)
-        else:
-            rho = gamma = None
-        extra, wa = wts.observed_tf(objective, confidence, ratings, rho, gamma, alpha, epsilon, w0)
-        zero = tf.zeros_like(ratings)
-        return idx, tf.where(mask, extra, zero), tf.where(mask, wa, zero)
+    @tf.function(input_signature=block_signature(tf.as_dtype(dtype_name)))
+    def expand(*block):
+        return expand_block(objective, confidence, *block)
 
     return expand
 

@@ -113,7 +113,7 @@ from trainer import device as device_policy
 from trainer import weights as wts
 from trainer.errors import TrainerInputError
 from trainer.hparams import DEFAULTS, DType, Objective, Confidence, ColWeights, Solver, validate
-from trainer.plan import Batch, SweepPlan, build_plans
+from trainer.plan import SweepPlan, block_signature, build_plans, expand_block
 from trainer.recommend import top_k
 from trainer.sparse import CSR
 
@@ -136,10 +136,24 @@ WOODBURY_MAX_THETA = 2.0**-10
 
 # --------------------------------------------------------------------------- TF kernels
 @functools.lru_cache(maxsize=None)
-def _kernels(dtype_name: str, cg_steps: int, refine_steps: int = 2) -> dict[str, Any]:
-    """The per-batch ``tf.function``s for one dtype (dynamic shapes: traced once)."""
+def _kernels(
+    dtype_name: str, cg_steps: int, objective: str = "implicit", confidence: str = "linear",
+    refine_steps: int = 2,
+) -> dict[str, Any]:
+    """The per-batch ``tf.function``s for one dtype and weighting (dynamic shapes: traced once).
+
+    The solve kernels take a batch as stored (:meth:`trainer.plan.SweepPlan.block`) and
+    expand it inside their own graph (:func:`trainer.plan.expand_block`): one dispatch per
+    batch, and the padded weights are never handed between functions."""
     tf = _tf()
     dt = tf.as_dtype(dtype_name)
+    block = block_signature(dt)
+
+    def expanded(blk):
+        return expand_block(objective, confidence, *blk)
+
+    def real_rows(x, blk):  # the padding rows (solved to 0) left out
+        return x[: tf.shape(blk[2])[0]]
     mat = tf.TensorSpec([None, None], dt)
     ids2 = tf.TensorSpec([None, None], tf.int32)
     ids1 = tf.TensorSpec([None], tf.int32)
@@ -155,9 +169,9 @@ def _kernels(dtype_name: str, cg_steps: int, refine_steps: int = 2) -> dict[str,
         chol = tf.linalg.cholesky(m)
         return tf.linalg.cholesky_solve(chol, b[..., None])[..., 0]
 
-    @tf.function(input_signature=[mat, mat, ids2, mat, mat])
-    def cholesky_batch(fixed, base, idx, extra, wa):
-        return cholesky_rows(fixed, base, idx, extra, wa)
+    @tf.function(input_signature=[mat, mat, *block])
+    def cholesky_batch(fixed, base, *blk):
+        return real_rows(cholesky_rows(fixed, base, *expanded(blk)), blk)
 
     def cholesky_chunked(fixed, base, chunk, idx, extra, wa):
         """The k × k path on ``chunk`` rows at a time (a short-row batch was cut for
@@ -207,21 +221,25 @@ def _kernels(dtype_name: str, cg_steps: int, refine_steps: int = 2) -> dict[str,
             u = u + solve(tf.linalg.matmul(r, base_inv))
         return u
 
-    @tf.function(input_signature=[mat, mat, mat, mat, vec, scalar, int_scalar, ids2, mat, mat])
-    def woodbury_batch(fixed, fixed_binv, base, base_inv, h, max_load, chunk, idx, extra, wa):
+    @tf.function(input_signature=[mat, mat, mat, mat, vec, scalar, int_scalar, *block])
+    def woodbury_batch(fixed, fixed_binv, base, base_inv, h, max_load, chunk, *blk):
         """(W3) decided in the graph (no host round trip): Woodbury, else k × k in chunks."""
-        return tf.cond(
+        idx, extra, wa = expanded(blk)
+        return real_rows(tf.cond(
             batch_load(h, idx, extra) <= max_load,  # False for NaN
             lambda: woodbury_rows(fixed, fixed_binv, base, base_inv, idx, extra, wa),
             lambda: cholesky_chunked(fixed, base, chunk, idx, extra, wa),
-        )
+        ), blk)
 
     @tf.function(input_signature=[vec, scalar, ids2, mat])
     def woodbury_route(h, max_load, idx, extra):
         return batch_load(h, idx, extra) <= max_load
 
-    @tf.function(input_signature=[mat, mat, ids2, mat, mat, mat])
-    def cg_batch(fixed, base, idx, extra, wa, x0):
+    @tf.function(input_signature=[mat, mat, mat, *block])
+    def cg_batch(fixed, base, x0, *blk):
+        """``x0``: the warm start of the batch's real rows (the padding rows start at 0)."""
+        idx, extra, wa = expanded(blk)
+        x0 = tf.pad(x0, [[0, tf.shape(idx)[0] - tf.shape(x0)[0]], [0, 0]])
         x_ = tf.gather(fixed, idx)
 
         def apply(p):
@@ -245,7 +263,7 @@ def _kernels(dtype_name: str, cg_steps: int, refine_steps: int = 2) -> dict[str,
             rs_new = tf.reduce_sum(r * r, axis=-1, keepdims=True)
             p = r + tf.math.divide_no_nan(rs_new, rs) * p
             rs = rs_new
-        return x
+        return real_rows(x, blk)
 
     f64 = tf.TensorSpec([None, None], tf.float64)
 
@@ -415,7 +433,8 @@ def solve_half_sweep(
     """
     tf = _tf()
     k = int(fixed.shape[1])
-    kern = _kernels(fixed.dtype.name, int(cg_steps))
+    kern = _kernels(fixed.dtype.name, int(cg_steps), plan.weighting.objective,
+                    plan.weighting.confidence)
     primary = fixed.device
     devices = plan.devices
     base = _base(fixed, w0, regularization)
@@ -435,21 +454,15 @@ def solve_half_sweep(
     def solve(t: int) -> Any:
         b = plan.batches[t]
         d = plan.device_of(b)
-        idx, extra, wa = plan.expand(b)
-        n = int(b.rows.shape[0])
+        blk = plan.block(b)
         with tf.device(d):  # device scopes are per thread
             if eligible[t]:
                 w = wb_on[d]
-                x = kern["woodbury"](
-                    fixed_on[d], w.fixed_binv, base_on[d], w.base_inv, w.h, w.max_load,
-                    chunk_on[d], idx, extra, wa,
-                )
-            elif solver == "cholesky":
-                x = kern["cholesky"](fixed_on[d], base_on[d], idx, extra, wa)
-            else:
-                x0 = tf.pad(tf.gather(prev_on[d], b.rows), [[0, b.shape[0] - n], [0, 0]])
-                x = kern["cg"](fixed_on[d], base_on[d], idx, extra, wa, x0)
-            return x[:n]  # the padding rows solved to 0
+                return kern["woodbury"](fixed_on[d], w.fixed_binv, base_on[d], w.base_inv, w.h,
+                                        w.max_load, chunk_on[d], *blk)
+            if solver == "cholesky":
+                return kern["cholesky"](fixed_on[d], base_on[d], *blk)
+            return kern["cg"](fixed_on[d], base_on[d], tf.gather(prev_on[d], b.rows), *blk)
 
     with tf.device(primary):
         if out is None:
