@@ -3,24 +3,26 @@ r"""The batch plan of a half-sweep: which rows are solved together, where their 
 A half-sweep solves every non-empty row of one orientation (users × items, or items × users)
 against the other side's fixed factors (:mod:`trainer.wals`). This module decides how:
 
-* Rows are sorted by length and grouped into buckets whose lengths differ by at most a
-  factor 2^(1/4); each bucket is cut into batches of at most ``batch_size`` rows and at most
-  ``max_batch_floats`` gathered floats (``B·L·k``, and ``B·k²`` for rows on the ``k × k``
-  path, ``4L > 3k``). A batch is solved as a padded ``(B, L)`` block, padding with weight 0.
-* Batches are spread over the compute devices (greedily, largest first, onto the device with
-  the least padded floats so far), so that a half-sweep keeps every device busy; every
-  batch is computed the same way wherever it runs, so the factors do not depend on how many
-  devices there are.
-* What is stored, per device, is the entries of that device's batches, *unpadded*: the
-  column ID (int32) and the rating (float32) of each entry, 8 bytes, laid out batch after
-  batch, plus 8 bytes per row (its ID and length). The padded ``(B, L)`` blocks of column
-  IDs, ``W − w0`` and ``W·A`` exist only while a batch is solved (:meth:`SweepPlan.expand`),
-  and the weights are computed there from the ratings
-  (:func:`trainer.weights.observed_tf`, the equations of :mod:`trainer.weights`). Both
-  orientations together hold ``16·nnz`` bytes (the same as a CSR matrix and its transpose)
-  where a padded float32 layout of IDs, weights and targets took about ``26·nnz``.
+* Rows are sorted by length and grouped into buckets whose lengths differ by at most a factor
+  2^(1/:data:`BUCKETS_PER_OCTAVE`); each bucket is cut into batches of at most ``batch_size``
+  rows and at most ``max_batch_floats`` gathered floats (``B·L·k``, and ``B·k²`` for rows on
+  the ``k × k`` path, ``4L > 3k``). A batch is solved as a padded ``(B, L)`` block (padding has
+  weight 0): ``L`` is the bucket's ladder width and ``B`` its row cap, or the next power of two
+  for the bucket's last batch. So a plan has about two block shapes per bucket, the same from
+  plan to plan: TensorFlow's kernels (and oneDNN's primitives behind them, which hold memory
+  per shape) are made once per shape rather than once per batch.
+* Batches are spread over the compute devices (largest first onto the device with the least
+  padded floats so far); every batch is computed the same way wherever it runs, so the factors
+  do not depend on how many devices there are.
+* What a batch stores on its device is its rows' column IDs (int32) and ratings (float32),
+  each row padded only to the batch's longest row (about 1 % padding on a MovieLens-shaped
+  matrix): 8 bytes per entry, 16 bytes per interaction for the two orientations — the same as
+  a CSR matrix and its transpose. The block is padded to its solve shape and the weights
+  ``W − w0``, ``W·A`` are computed from the ratings inside the solve kernel
+  (:func:`expand_block`, :func:`trainer.weights.observed_tf`); nothing of that size is kept
+  between batches.
 * Building a plan needs no transposed copy of the matrix: the items × users orientation is
-  read through one stable permutation of the user × item entries.
+  read through one stable permutation of the users × items entries.
 
 The per-orientation sums the loss needs (``Σ_Ω W A²`` and ``Σ_Ω (W − w0)``) are computed here in
 float64 from :func:`trainer.weights.observed`, a chunk of entries at a time, which also
