@@ -486,3 +486,31 @@ def test_fit_needs_no_scipy():
             "print(WALSModel(factors=1, iterations=1).fit(m).user_factors.shape)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "(2, 1)", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("objective,confidence", [("wals", "linear"), ("implicit", "linear"),
+                                                  ("implicit", "log")])
+def test_in_graph_weights_equal_the_formulas(objective, confidence, dtype):
+    """trainer.weights.observed_tf (what the solver's kernels compute per batch) against the
+    weight formulas written out in float64 NumPy: W − w0 and W·A within a few roundings of the
+    dtype (each output is one to three operations of the inputs, log1p within 1 ulp)."""
+    from trainer.weights import observed_tf
+
+    rng = np.random.default_rng(3)
+    r = np.concatenate([[0.0], rng.gamma(1.0, 2.0, 400)]).astype(dtype).astype(np.float64)
+    rho = rng.random(r.size).astype(dtype).astype(np.float64)
+    gamma = rng.random(r.size).astype(dtype).astype(np.float64)
+    alpha, eps, w0 = 7.5, 0.5, (1.0 if objective == "implicit" else 0.25)
+    if objective == "wals":
+        extra, wa = rho * gamma, (w0 + rho * gamma) * r
+    else:
+        f = r if confidence == "linear" else np.log1p(r / eps)
+        extra, wa = alpha * f, np.where(r > 0, 1.0 + alpha * f, 0.0)
+    got = [t.numpy().astype(np.float64) for t in observed_tf(
+        objective, confidence, tf.constant(r, dtype), tf.constant(rho, dtype),
+        tf.constant(gamma, dtype), tf.constant(alpha, dtype), tf.constant(eps, dtype),
+        tf.constant(w0, dtype))]
+    u = unit_roundoff(dtype)
+    for want, have in zip((extra, wa), got):
+        assert np.all(np.abs(have - want) <= 6 * u * np.abs(want)), np.max(np.abs(have - want))
