@@ -21,9 +21,10 @@ import re
 from typing import Any, Iterable, Optional
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from preprocess import split
+from preprocess import columns, split
 from schemas import contract
 
 SEEN = "seen"  # the tagged output of the per-visitor steps
@@ -125,13 +126,15 @@ def training_ranges(element: SeenItems, test_fraction: float, seed: int) -> Iter
             yield item, (first, last)
 
 
-def batch_training_ranges(batch: list, test_fraction: float, seed: int) -> Iterable[tuple]:
-    """``training_ranges`` over a list of SEEN elements, merged per item first, so one
-    element per (item, batch) goes on to the per-item combine, not one per interaction."""
+def batch_training_ranges(batch: Any, test_fraction: float, seed: int) -> Iterable[tuple]:
+    """``training_ranges`` over a ``columns.SeenColumns`` batch, merged per item first, so
+    one element per (item, batch) goes on to the per-item combine, not one per interaction."""
+    held_out = split.batch_flags(batch.visitors, batch.counts, batch.items, test_fraction, seed)
+    keep = np.flatnonzero(~held_out & (batch.firsts != columns.NO_DAY)).tolist()
     merged: dict = {}
-    for element in batch:
-        for item, (first, last) in training_ranges(element, test_fraction, seed):
-            widen(merged, item, first, last)
+    firsts, lasts = batch.firsts.tolist(), batch.lasts.tolist()
+    for k in keep:
+        widen(merged, batch.items[k], firsts[k], lasts[k])
     return [(item, tuple(days)) for item, days in merged.items()]
 
 
@@ -188,7 +191,7 @@ class WriteItemDates(beam.PTransform):
         self.transform_fn_dir = transform_fn[0]
         self.test_fraction = test_fraction
         self.seed = seed
-        self.batched = batched  # elements are lists of SEEN elements
+        self.batched = batched  # elements are columns.SeenColumns
 
     def expand(self, seen):
         ranges = (

@@ -2,25 +2,25 @@
 
     Read GA360 sessions (blocks of lines) ─► hit columns per visitor bucket ─► SessionizeHits
         (GroupByKey by bucket, time on items on NumPy arrays) ─────────────────────────────┐
-    Read GA4 events (blocks of lines) ─► event rows ─► TimeOnItems ─► BatchVisitors ───────┤
-    BigQuery SQL / interactions CSV ─► SumInteractions ─► BatchVisitors ───────────────────┤
-    hits CSV ─► SessionizeHits ─► BatchVisitors ───────────────────────────────────────────┴►
-    VisitorBatches: lists of per-visitor (visitor, ((item, duration), ...)), a visitor in one list
+    Read GA4 events (blocks of lines) ─► event rows ─► TimeOnItems ─► ToColumns ───────────┤
+    BigQuery SQL / interactions CSV ─► SumInteractions ─► ToColumns ───────────────────────┤
+    hits CSV ─► SessionizeHits ─► ToColumns ───────────────────────────────────────────────┴►
+    VisitorColumns batches (preprocess.columns): visitors, items, durations; a visitor in one batch
         ├─► MedianDuration (CombineGlobally, exact) ──┐ side input
         └─► ScaleToRatings ◄──────────────────────────┘
               └─► MarkHeldOut (per-user hash split, --test_fraction)
-                    └─► ApplyVocabularies (tf.Transform, one record batch per VisitorBatch;
+                    └─► ApplyVocabularies (tf.Transform, one record batch per column batch;
                         vocabularies from training rows) ─► (userIds, itemIds, ratings, heldOut)
                           ├─► users_for_item-*.tfrecord       (training, grouped by item)
                           ├─► items_for_user-*.tfrecord       (training, whole rows per batch)
                           ├─► test_items_for_user-*.tfrecord  (held out, whole rows per batch)
                           └─► transform_output/ (transform_fn + vocabularies)
-    lists of per visitor (item, first day, last day)... (the readers' SEEN output, with dates)
+    SeenColumns batches: (visitor, item, first day, last day) (the readers' SEEN output)
         └─► WriteItemDates (training rows, min/max per item) ─► item_dates.tsv (vocabulary order)
     dropped rows ─► dropped/rows-*.jsonl             (dead letters, with the reason)
 
 Where one element holds much: a GA360 bucket (``sessionize.BUCKET_BYTES`` of input, about)
-and a VisitorBatch hold many visitors' whole histories, by design (a visitor's sessions must
+and a column batch hold many visitors' whole histories, by design (a visitor's sessions must
 meet in one place, and a user's record is one row); the bucket count grows with the input,
 so their size does not. Whole-data-set elements: only the median's histogram accumulator
 (distinct durations) and tf.Transform's vocabularies, which are the data set's by definition.
@@ -38,7 +38,7 @@ import tensorflow_transform.beam as tft_beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-from preprocess import freshness, ga4, rating, records, sessionize, sources, split, transform
+from preprocess import columns, freshness, ga4, rating, records, sessionize, sources, split, transform
 from preprocess.options import PreprocessOptions, event_names, item_source
 from schemas.contract import DROPPED_DIR, MEDIAN_FILE, STATS_DIR, TRANSFORM_OUTPUT  # output layout
 
@@ -47,17 +47,17 @@ from schemas.contract import DROPPED_DIR, MEDIAN_FILE, STATS_DIR, TRANSFORM_OUTP
 class PipelineHandles:
     """The PCollections a caller (or a test) may want to look at."""
 
-    interactions: beam.PCollection  # VisitorBatches: [(visitorId, ((contentId, session_duration), ...)), ...]
-    seen: beam.PCollection  # lists of (visitorId, ((contentId, first_day, last_day), ...)), same items
+    interactions: beam.PCollection  # columns.VisitorColumns: visitors, counts, items, durations
+    seen: beam.PCollection  # columns.SeenColumns: the same visitors and items, first and last days
     median: beam.PCollection  # one float
     dense_batches: beam.PCollection  # (userIds, itemIds, ratings, heldOut) NumPy arrays
     dropped: beam.PCollection  # JSON text of dead-lettered rows
 
 
 def read_interactions(pipeline: beam.Pipeline, options: PreprocessOptions):
-    """The chosen source -> (VisitorBatches of interactions, the same visitors' items' date
-    ranges in lists, dropped rows). The file readers of GA360 sessions give a batch per
-    visitor bucket; the per-visitor steps of the other sources are batched here."""
+    """The chosen source -> (``columns.VisitorColumns`` batches, the same visitors' items'
+    date ranges as ``columns.SeenColumns``, dropped rows). The GA360 file reader gives a
+    batch per visitor bucket; the per-visitor steps of the other sources are batched here."""
     o = options
     if o.bq_table or o.ga4_table or o.query:
         query = bigquery_query(o)
@@ -80,15 +80,25 @@ def read_interactions(pipeline: beam.Pipeline, options: PreprocessOptions):
     else:
         read = pipeline | "ReadHitsCsv" >> sources.ReadHitsCsv(o.input, o.item_field)
         per_visitor = read.hits | "SessionizeHits" >> sessionize.SessionizeHits()
-    return (per_visitor.interactions | "BatchVisitors" >> batch_visitors(),
-            per_visitor[freshness.SEEN] | "BatchSeen" >> batch_visitors(),
+    return (per_visitor.interactions | "ToColumns" >> ToColumns(columns.from_visitors),
+            per_visitor[freshness.SEEN] | "SeenToColumns" >> ToColumns(columns.from_seen),
             read[sources.DROPPED])
 
 
-def batch_visitors() -> beam.PTransform:
-    """Per-visitor elements -> VisitorBatches (lists): the batched steps downstream, and a
-    record batch for tf.Transform, take one list per call."""
-    return beam.BatchElements(min_batch_size=500, max_batch_size=20000)
+class ToColumns(beam.PTransform):
+    """Per-visitor elements -> column batches (``preprocess.columns``) of up to 20,000
+    visitors: the batched steps downstream, and tf.Transform, take one batch per call."""
+
+    def __init__(self, to_columns) -> None:
+        super().__init__()
+        self.to_columns = to_columns
+
+    def expand(self, per_visitor):
+        return (
+            per_visitor
+            | "BatchVisitors" >> beam.BatchElements(min_batch_size=500, max_batch_size=20000)
+            | "Columns" >> beam.Map(self.to_columns)
+        )
 
 
 def bigquery_query(options: PreprocessOptions) -> str:

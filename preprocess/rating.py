@@ -15,6 +15,9 @@ from collections import Counter
 from typing import Iterable, Optional
 
 import apache_beam as beam
+import numpy as np
+
+from preprocess import columns
 
 
 def histogram_median(histogram: dict) -> Optional[float]:
@@ -86,24 +89,43 @@ class ExactMedianOfGroupsFn(ExactMedianFn):
         return accumulator
 
 
-def batch_durations(batch: list) -> list:
-    """Every duration of a VisitorBatch (``[(visitor, ((item, duration), ...)), ...]``)."""
-    return [duration for _, interactions in batch for _, duration in interactions]
+class HistogramMedianFn(ExactMedianFn):
+    """``ExactMedianFn`` whose inputs are histograms ``(distinct values, counts)``: one
+    element per batch of visitors (``columns.histogram``)."""
+
+    def add_input(self, accumulator: Counter, histogram: tuple) -> Counter:
+        for value, count in zip(*histogram):
+            accumulator[value] += count
+        return accumulator
+
+    def add_inputs(self, accumulator: Counter, histograms: Iterable[tuple]) -> Counter:
+        for histogram in histograms:
+            self.add_input(accumulator, histogram)
+        return accumulator
+
+
+def batch_histogram(batch: columns.VisitorColumns) -> tuple:
+    return columns.histogram(batch.values)
 
 
 class MedianDuration(beam.PTransform):
-    """Per-visitor interactions (or, ``batched``, VisitorBatches) -> a one-element
-    PCollection: the median duration (or None)."""
+    """Per-visitor interactions (or, ``batched``, ``columns.VisitorColumns``) -> a
+    one-element PCollection: the median duration (or None)."""
 
     def __init__(self, batched: bool = False) -> None:
         super().__init__()
         self.batched = batched
 
     def expand(self, visitor_interactions):
-        durations = batch_durations if self.batched else lambda kv: tuple(duration for _, duration in kv[1])
+        if self.batched:
+            return (
+                visitor_interactions
+                | "Durations" >> beam.Map(batch_histogram)
+                | "ExactMedian" >> beam.CombineGlobally(HistogramMedianFn())
+            )
         return (
             visitor_interactions
-            | "Durations" >> beam.Map(durations)
+            | "Durations" >> beam.Map(lambda kv: tuple(duration for _, duration in kv[1]))
             | "ExactMedian" >> beam.CombineGlobally(ExactMedianOfGroupsFn())
         )
 
@@ -114,9 +136,15 @@ def rate_visitor(element: tuple, median: float, scale: float, cap: float) -> tup
     return visitor, tuple((item, min(scale * d / median, cap)) for item, d in interactions)
 
 
-def rate_visitors(batch: list, median: float, scale: float, cap: float) -> list:
-    """``rate_visitor`` over a VisitorBatch."""
-    return [rate_visitor(element, median, scale, cap) for element in batch]
+def rate_columns(batch: columns.VisitorColumns, median: float, scale: float, cap: float) -> columns.VisitorColumns:
+    """``scale_rating`` over a batch, as float64: NumPy rounds each step (int -> float,
+    ``*``, ``/``, ``min``) as Python does; object arrays (hostile values) go through Python."""
+    durations = batch.values
+    if durations.dtype == object:
+        ratings = np.array([min(scale * d / median, cap) for d in durations.tolist()], dtype=np.float64)
+    else:
+        ratings = np.minimum(scale * durations / median, cap)
+    return batch._replace(values=ratings)
 
 
 class ScaleToRatings(beam.PTransform):
@@ -127,10 +155,10 @@ class ScaleToRatings(beam.PTransform):
         self.median = median
         self.scale = scale
         self.cap = cap
-        self.batched = batched  # elements are VisitorBatches
+        self.batched = batched  # elements are columns.VisitorColumns
 
     def expand(self, interactions):
         return interactions | "Rate" >> beam.Map(
-            rate_visitors if self.batched else rate_visitor,
+            rate_columns if self.batched else rate_visitor,
             median=beam.pvalue.AsSingleton(self.median), scale=self.scale, cap=self.cap,
         )

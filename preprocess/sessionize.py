@@ -23,10 +23,9 @@ from typing import Iterable, Sequence
 import apache_beam as beam
 import numpy as np
 
-from preprocess import counters, freshness
+from preprocess import columns, counters, freshness
 
 VisitorInteractions = tuple  # (visitorId, ((contentId, session_duration), ...)) sorted by contentId
-VisitorBatch = list  # [VisitorInteractions, ...]: the element of the batched steps downstream
 
 
 def session_item_durations(hits: Iterable[tuple]) -> dict:
@@ -145,7 +144,7 @@ class SumInteractions(beam.PTransform):
 # data (``bucket_count`` keeps that near ``BUCKET_BYTES`` of input), so no element grows
 # with the data set, and one visitor's history is never more than part of one element.
 
-NO_DAY = np.iinfo(np.int64).min  # a row without a (valid) date
+NO_DAY = columns.NO_DAY  # a row without a (valid) date
 EXACT_INT = 2**62  # int64 times below this are summed exactly on arrays (see BucketDurationsFn)
 BUCKET_BYTES = 16 << 20  # input bytes per bucket, about: few, fat elements in the shuffle, bounded size
 
@@ -215,8 +214,8 @@ def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 class BucketDurationsFn(beam.DoFn):
     """(bucket, [HitColumns, ...]) -> what ``VisitorDurationsFn`` gives for each of its
-    visitors, as two lists (a VisitorBatch of interactions and one of ``freshness.SEEN``
-    rows), computed on arrays: the same rule (module doc), counters and values.
+    visitors, as one ``columns.VisitorColumns`` (and its ``columns.SeenColumns`` on
+    ``freshness.SEEN``), computed on arrays: the same rule (module doc), counters and values.
 
     Integer times whose every possible sum fits in int64 (``max time × hits < 2^63``) are
     exact on arrays, as Python's integers are; any other bucket (float or huge times: only
@@ -237,15 +236,18 @@ class BucketDurationsFn(beam.DoFn):
             times = np.concatenate([np.frombuffer(part[4], np.int64) for part in parts])
             if len(times) and int(times.max()) * len(times) >= 2**63:
                 times = None
+        if times is not None:
+            yield from self.on_arrays(parts, times)
+            return
         interactions, seen = [], []
-        for out in (self.by_visitor(parts) if times is None else self.on_arrays(parts, times)):
+        for out in self.by_visitor(parts):
             if isinstance(out, beam.pvalue.TaggedOutput):
                 seen.append(out.value)
             else:
                 interactions.append(out)
-        if interactions:  # one element per bucket: a VisitorBatch
-            yield interactions
-            yield beam.pvalue.TaggedOutput(freshness.SEEN, seen)
+        if interactions:
+            yield columns.from_visitors(interactions)
+            yield beam.pvalue.TaggedOutput(freshness.SEEN, columns.from_seen(seen))
 
     def by_visitor(self, parts: list) -> Iterable:
         fragments: dict = defaultdict(list)
@@ -331,21 +333,20 @@ class BucketDurationsFn(beam.DoFn):
         firsts = np.where(found, firsts[at] if len(firsts) else 0, NO_DAY)
         lasts = np.where(found, lasts[at] if len(lasts) else 0, NO_DAY)
         starts, ends = _groups(key_visitor)
-        kv, ki, kt = key_visitor.tolist(), key_item.tolist(), totals.tolist()
-        kf, kl = firsts.tolist(), lasts.tolist()
-        for start, end in zip(starts.tolist(), ends.tolist()):
-            name = visitor_names[kv[start]]
-            kept = tuple((item_names[ki[k]], kt[k]) for k in range(start, end))
-            yield name, kept
-            yield beam.pvalue.TaggedOutput(freshness.SEEN, (name, tuple(
-                (item_names[ki[k]], None if kf[k] == NO_DAY else kf[k], None if kl[k] == NO_DAY else kl[k])
-                for k in range(start, end))))
+        if not len(starts):
+            return
+        visitors = [visitor_names[v] for v in key_visitor[starts].tolist()]
+        counts = (ends - starts).astype(np.int64)
+        items = [item_names[i] for i in key_item.tolist()]
+        yield columns.VisitorColumns(visitors, counts, items, totals)
+        yield beam.pvalue.TaggedOutput(freshness.SEEN, columns.SeenColumns(visitors, counts, items, firsts, lasts))
 
 
 class SessionizeHitBuckets(beam.PTransform):
-    """``(bucket, HitColumns)`` from the file readers -> VisitorBatches (``.interactions``)
-    and their items' date ranges (``[freshness.SEEN]``, lists too): the values
-    ``SessionizeHits`` gives from session rows, one list per bucket."""
+    """``(bucket, HitColumns)`` from the file readers -> ``columns.VisitorColumns``
+    (``.interactions``) and their items' date ranges (``[freshness.SEEN]``,
+    ``columns.SeenColumns``): the values ``SessionizeHits`` gives from session rows, one
+    batch per bucket."""
 
     def expand(self, bucketed_hits):
         return (

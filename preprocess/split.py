@@ -25,8 +25,9 @@ import hashlib
 from typing import Iterable, Sequence
 
 import apache_beam as beam
+import numpy as np
 
-from preprocess import counters
+from preprocess import columns, counters
 
 METHOD = (
     "per-user: interaction (visitor, item) held out when BLAKE2b-64(seed, visitor, item) / 2^64 "
@@ -47,7 +48,11 @@ def held_out_flags(visitor: str, items: Sequence[str], test_fraction: float, see
     n = len(items)
     if n < 2 or test_fraction <= 0.0:
         return [False] * n
-    draws = [uniform_hash(seed, visitor, item) for item in items]
+    # uniform_hash with the (seed, visitor) prefix encoded once: the same bytes are hashed
+    prefix = str(seed).encode() + _SEPARATOR + visitor.encode("utf-8") + _SEPARATOR
+    blake2b = hashlib.blake2b
+    draws = [int.from_bytes(blake2b(prefix + item.encode("utf-8"), digest_size=8).digest(), "big")
+             / 18446744073709551616.0 for item in items]
     flags = [u < test_fraction for u in draws]
     if all(flags):
         flags[max(range(n), key=draws.__getitem__)] = False
@@ -72,11 +77,25 @@ class MarkHeldOutFn(beam.DoFn):
         return visitor, tuple((item, r, flag) for (item, r), flag in zip(interactions, flags))
 
 
-class MarkBatchHeldOutFn(MarkHeldOutFn):
-    """``MarkHeldOutFn`` over a VisitorBatch (one list in, one list out)."""
+def batch_flags(visitors: Sequence[str], counts: np.ndarray, items: Sequence[str], test_fraction: float,
+                seed: int) -> np.ndarray:
+    """``held_out_flags`` of every visitor of a column batch, one bool per interaction."""
+    flags = np.zeros(len(items), dtype=bool)
+    if test_fraction <= 0.0:
+        return flags
+    for visitor, start, count in zip(visitors, columns.starts(counts), counts.tolist()):
+        if count >= 2:
+            flags[start:start + count] = held_out_flags(visitor, items[start:start + count], test_fraction, seed)
+    return flags
 
-    def process(self, batch: list) -> Iterable[list]:
-        yield [self.mark(element) for element in batch]
+
+class MarkBatchHeldOutFn(MarkHeldOutFn):
+    """``MarkHeldOutFn`` over a ``columns.VisitorColumns`` batch: fills ``held_out``."""
+
+    def process(self, batch: columns.VisitorColumns) -> Iterable[columns.VisitorColumns]:
+        flags = batch_flags(batch.visitors, batch.counts, batch.items, self.test_fraction, self.seed)
+        self.held_out.inc(int(flags.sum()))
+        yield batch._replace(held_out=flags)
 
 
 class MarkHeldOut(beam.PTransform):
@@ -86,7 +105,7 @@ class MarkHeldOut(beam.PTransform):
         super().__init__()
         self.test_fraction = test_fraction
         self.seed = seed
-        self.batched = batched  # elements are VisitorBatches
+        self.batched = batched  # elements are columns.VisitorColumns
 
     def expand(self, ratings):
         fn = MarkBatchHeldOutFn if self.batched else MarkHeldOutFn

@@ -21,6 +21,7 @@ import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import schema_utils
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
+from preprocess import columns
 from schemas import contract
 
 VISITOR_ID, CONTENT_ID, RATING, HELD_OUT = "visitorId", "contentId", "rating", "heldOut"
@@ -96,6 +97,22 @@ def to_record_batch(visitors: list) -> pa.RecordBatch:
     )
 
 
+def columns_record_batch(batch: columns.VisitorColumns) -> pa.RecordBatch:
+    """A ``columns.VisitorColumns`` batch (ratings, held-out flags) -> one Arrow record batch
+    in the raw schema, the rows ``to_record_batch`` would make. IDs go in as UTF-8 text and
+    are viewed as binary (the same bytes as ``str.encode``)."""
+    visitors = np.repeat(np.array(batch.visitors, dtype=object), batch.counts)
+    return pa.RecordBatch.from_arrays(
+        [
+            _one_per_row(pa.array(visitors, pa.large_string()).cast(pa.large_binary())),
+            _one_per_row(pa.array(batch.items, pa.large_string()).cast(pa.large_binary())),
+            _one_per_row(pa.array(np.asarray(batch.values, dtype=np.float32))),
+            _one_per_row(pa.array(np.asarray(batch.held_out, dtype=np.int64))),
+        ],
+        schema=_ARROW_SCHEMA,
+    )
+
+
 def dense_columns(batch_and_passthrough) -> tuple:
     """Transformed record batch -> (userIds, itemIds, ratings, heldOut) as NumPy arrays."""
     batch = batch_and_passthrough[0]
@@ -115,13 +132,18 @@ class ApplyVocabularies(beam.PTransform):
     def __init__(self, temp_dir: str, batched: bool = False) -> None:
         super().__init__()
         self.temp_dir = temp_dir
-        self.batched = batched  # elements are VisitorBatches already
+        self.batched = batched  # elements are columns.VisitorColumns (ratings, held_out)
 
     def expand(self, ratings):
         with tft_beam.Context(temp_dir=self.temp_dir):
-            if not self.batched:
-                ratings = ratings | "BatchVisitors" >> beam.BatchElements(min_batch_size=500, max_batch_size=20000)
-            batches = ratings | "ToRecordBatches" >> beam.Map(to_record_batch)
+            if self.batched:
+                batches = ratings | "ToRecordBatches" >> beam.Map(columns_record_batch)
+            else:
+                batches = (
+                    ratings
+                    | "BatchVisitors" >> beam.BatchElements(min_batch_size=500, max_batch_size=20000)
+                    | "ToRecordBatches" >> beam.Map(to_record_batch)
+                )
             (transformed, _), transform_fn = (
                 batches,
                 tensor_adapter_config(),

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
-from preprocess import counters, freshness, sessionize, sources
+from preprocess import columns, counters, freshness, sessionize, sources
 from tests.test_sources import ITEM_SOURCES, as_sorted, duckdb_interactions, tricky_sessions  # noqa: F401
 
 
@@ -49,8 +49,8 @@ def run_both(path: str, item_source: str, block_bytes: int) -> tuple[dict, dict]
         if blocks:
             read = p | sources.ReadGaSessionsInBlocks(path, item_source, 10, "PAGE", block_bytes=block_bytes)
             out = read.hits | sessionize.SessionizeHitBuckets()
-            interactions = out.interactions | "Flat" >> beam.FlatMap(lambda batch: batch)
-            seen = out[freshness.SEEN] | "FlatSeen" >> beam.FlatMap(lambda batch: batch)
+            interactions = out.interactions | "Flat" >> beam.FlatMap(columns.to_visitors)
+            seen = out[freshness.SEEN] | "FlatSeen" >> beam.FlatMap(columns.seen_to_visitors)
         else:
             read = p | sources.ReadGaSessions(path, item_source, 10, "PAGE")
             out = read.hits | sessionize.SessionizeHits()
@@ -113,3 +113,33 @@ def test_block_reader_equals_session_reader_on_hostile_rows(tmp_path):
     assert blocks == reference
     assert reference["counters"][counters.DROPPED_PREFIX + "invalid_time"] == 1
     assert len(reference["dropped"]) > 5 and len(reference["interactions"]) > 250
+
+
+def test_column_steps_equal_the_per_visitor_rules():
+    """Median, ratings, held-out flags and the record batch of a column batch against the
+    per-visitor functions (``scale_rating``, ``held_out_flags``, ``to_record_batch``), with
+    int, float and huge (object) durations."""
+    import numpy as np
+
+    from preprocess import rating, split, transform
+
+    visitors = [(f"v{i}", tuple((f"i{j}", d) for j, d in enumerate(durations)))
+                for i, durations in enumerate([[5, 7, 9], [1000], [3, 3], [2**70, 1], [0.5, 2.25, 1e300]])]
+    for batch in (visitors[:3], visitors[3:], visitors):
+        cols = columns.from_visitors(batch)
+        assert columns.to_visitors(cols) == [(v, rows) for v, rows in batch]
+        flat = [d for _, rows in batch for _, d in rows]
+        accumulator = rating.HistogramMedianFn().add_input(rating.HistogramMedianFn().create_accumulator(),
+                                                           columns.histogram(cols.values))
+        assert rating.histogram_median(accumulator) == rating.histogram_median({d: flat.count(d) for d in flat})
+        median = 7.0
+        rated = rating.rate_columns(cols, median, 0.3, 1.0)
+        assert rated.values.tolist() == [rating.scale_rating(d, median, 0.3, 1.0) for d in flat]
+        flags = split.batch_flags(cols.visitors, cols.counts, cols.items, 0.5, 3)
+        assert flags.tolist() == [f for v, rows in batch for f in split.held_out_flags(v, [i for i, _ in rows], 0.5, 3)]
+        marked = rated._replace(held_out=flags)
+        expected = transform.to_record_batch(
+            [(v, tuple((i, r, f) for (i, _), r, f in zip(rows, rs, fs)))
+             for (v, rows), rs, fs in zip(batch, np.split(rated.values, np.cumsum(cols.counts)[:-1]),
+                                         np.split(flags, np.cumsum(cols.counts)[:-1]))])
+        assert transform.columns_record_batch(marked).equals(expected)
