@@ -118,7 +118,9 @@ def bench(name: str, seeds: list[int]) -> dict:
                 tuning = json.load(f)
             ours.append({"seed": s, "test": summ["evaluation"]["metrics"], "wall_seconds": wall,
                          "chosen": tuning["chosen"], "search_seconds": tuning["timing"]["search_seconds"],
-                         "validation": tuning["validation"]})
+                         "timing": tuning["timing"], "budget": tuning["budget"],
+                         "validation": tuning["validation"],
+                         "cross_validation": tuning.get("cross_validation")})
             print(f"  tuned (seed {s}): test {NDCG} {summ['evaluation']['metrics'][NDCG]:.4f}, "
                   f"{wall:.0f} s, chosen {tuning['chosen']['task_flags']}", flush=True)
         dsum, dwall = run_module("trainer.task", [*inp, "--seed", str(seeds[0])], os.path.join(tmp, "default"))
