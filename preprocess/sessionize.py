@@ -191,6 +191,40 @@ def bucketed_columns(rows: Sequence[tuple], buckets: int) -> Iterable[tuple]:
         yield bucket, pack_rows(mine)
 
 
+def bucketed_arrays(visitors: list, visits: np.ndarray, days: list, hit_row: np.ndarray, times: np.ndarray,
+                    items: list, buckets: int) -> list:
+    """``bucketed_columns`` from arrays: session rows (``visitors``, ``visits``, ``days``)
+    and their kept hits (``hit_row`` the row of each, in row order; ``times``; ``items``).
+    Rows without a kept hit are left out, as the per-line reader leaves them."""
+    counts = np.bincount(hit_row, minlength=len(visitors)).astype(np.int64)
+    rows = np.flatnonzero(counts)
+    row_bucket = np.fromiter((visitor_bucket(visitors[r], buckets) for r in rows.tolist()), np.int64, len(rows))
+    bucket_of_row = np.full(len(visitors), -1, np.int64)
+    bucket_of_row[rows] = row_bucket
+    hit_bucket = bucket_of_row[hit_row]
+    row_order = rows[np.argsort(row_bucket, kind="stable")]
+    hit_order = np.argsort(hit_bucket, kind="stable")  # keeps rows, and hits within rows, in order
+    row_bounds = np.searchsorted(bucket_of_row[row_order], np.arange(buckets + 1))
+    hit_bounds = np.searchsorted(hit_bucket[hit_order], np.arange(buckets + 1))
+    visitor_array, item_array = np.array(visitors, dtype=object), np.array(items, dtype=object)
+    day_array = np.array([NO_DAY if d is None else d for d in days], dtype=np.int64)
+    exact = not len(times) or int(times.max()) < EXACT_INT
+    out = []
+    for bucket in np.flatnonzero(np.diff(row_bounds)).tolist():
+        mine = row_order[row_bounds[bucket]:row_bounds[bucket + 1]]
+        hits = hit_order[hit_bounds[bucket]:hit_bounds[bucket + 1]]
+        bucket_times = times[hits].astype(np.int64)
+        out.append((bucket, (
+            "\n".join(visitor_array[mine].tolist()).encode("utf-8"),
+            visits[mine].astype(np.int64).tobytes(),
+            day_array[mine].tobytes(),
+            counts[mine].tobytes(),
+            bucket_times.tobytes() if exact else bucket_times.tolist(),
+            "\n".join(item or "" for item in item_array[hits].tolist()).encode("utf-8"),
+        )))
+    return out
+
+
 def unpack_rows(columns: HitColumns) -> Iterable[tuple]:
     """``pack_rows`` undone: ``(visitor, (visit, hits, day))`` per session row."""
     visitors, visits, days, counts, times, items = columns

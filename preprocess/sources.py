@@ -27,7 +27,11 @@ import zlib
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam import coders
+from pyarrow import json as pa_json
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -527,6 +531,19 @@ class ReadGaSessions(beam.PTransform):
         )
 
 
+_ARROW_READ = pa_json.ReadOptions(use_threads=False, block_size=64 << 20)  # one DoFn, one core
+_ARROW_PARSE = pa_json.ParseOptions(
+    explicit_schema=pa.schema([  # the GA360 export fields the custom_dimension item reads
+        ("fullVisitorId", pa.string()), ("visitNumber", pa.int64()), ("date", pa.string()),
+        ("hits", pa.list_(pa.struct([
+            ("time", pa.int64()), ("type", pa.string()),
+            ("customDimensions", pa.list_(pa.struct([("index", pa.int64()), ("value", pa.string())]))),
+        ]))),
+    ]),
+    unexpected_field_behavior="ignore",
+)
+
+
 class ParseGaSessionBlockFn(ParseGaSessionFn):
     """A block of GA360 export lines -> their kept hits as columns, one element per visitor
     bucket (``sessionize.pack_rows``); every line is read and checked by
@@ -537,6 +554,10 @@ class ParseGaSessionBlockFn(ParseGaSessionFn):
         self.buckets = buckets
 
     def process(self, lines: list) -> Iterable:
+        bucketed = self.arrow_columns(lines) if self.item_source == "custom_dimension" else None
+        if bucketed is not None:
+            yield from bucketed
+            return
         rows = []
         for raw in lines:
             for out in self.session_rows(raw):
@@ -545,6 +566,87 @@ class ParseGaSessionBlockFn(ParseGaSessionFn):
                 else:
                     yield out
         yield from sessionize.bucketed_columns(rows, self.buckets)
+
+    def arrow_columns(self, lines: list) -> Optional[list]:
+        """The block's ``(bucket, HitColumns)`` from Arrow's JSON reader, or None when any
+        line needs the per-line path.
+
+        Arrow parses the whole block against the export schema and refuses what ``json``
+        and the per-line checks would treat otherwise (a number as text or the reverse, a
+        fraction where an integer goes, a repeated key, a bad surrogate, a non-object line);
+        the rest is checked here on the columns: text that is not UTF-8, two objects on a
+        line, nulls and negatives where a dead letter would be due, IDs and items through
+        ``ids.clean_id``. Any doubt returns None, so the per-line reader, the reference,
+        decides every drop and dead letter.
+        """
+        data = b"\n".join(lines)
+        try:
+            data.decode("utf-8")  # Arrow takes invalid UTF-8 in strings as it is
+            table = pa_json.read_json(io.BytesIO(data), read_options=_ARROW_READ, parse_options=_ARROW_PARSE)
+        except Exception:  # any refusal: the per-line path says why
+            return None
+        if table.num_rows != sum(1 for line in lines if line.strip()):
+            return None  # e.g. two objects on one line: malformed for json
+        visitors, visits = table["fullVisitorId"].combine_chunks(), table["visitNumber"].combine_chunks()
+        hits, dates = table["hits"].combine_chunks(), table["date"].combine_chunks()
+        if visitors.null_count or visits.null_count or hits.null_count or table.num_rows == 0:
+            return None
+        visit = visits.to_numpy(zero_copy_only=False)
+        if (visit < 0).any():
+            return None
+        visitor_text = visitors.to_pylist()
+        if any(ids.clean_id(v)[1] for v in set(visitor_text)):
+            return None
+        hit = hits.flatten()
+        if hit.null_count:
+            return None
+        hit_row = pc.list_parent_indices(hits).to_numpy()
+        kept = (np.ones(len(hit), dtype=bool) if self.hit_type is None
+                else pc.fill_null(pc.equal(hit.field("type"), self.hit_type), False).to_numpy(zero_copy_only=False))
+        other_type = len(hit) - int(kept.sum())
+        times_all = hit.field("time")
+        times = times_all.to_numpy(zero_copy_only=False)[kept] if not times_all.null_count else None
+        if times is None:
+            times_kept = pc.filter(times_all, pa.array(kept))
+            if times_kept.null_count:
+                return None  # invalid_time on a kept hit: dead letters
+            times = times_kept.to_numpy(zero_copy_only=False)
+        if (times < 0).any():
+            return None
+        items = self.arrow_items(hit, kept)
+        if items is None:
+            return None
+        if other_type:
+            self.other_hit_type.inc(other_type)
+        days = [self.export_day(d) for d in dates.to_pylist()]
+        return sessionize.bucketed_arrays(visitor_text, visit, days, hit_row[kept], times, items, self.buckets)
+
+    def arrow_items(self, hit: pa.StructArray, kept: np.ndarray) -> Optional[list]:
+        """The item (``hit_items`` for ``custom_dimension``, then ``content_id``) of each
+        kept hit, or None when one needs a dead letter."""
+        n = len(hit)
+        items: list = [None] * n
+        dims = hit.field("customDimensions")
+        if dims.null_count == n:
+            return [items[i] for i in np.flatnonzero(kept).tolist()]
+        flat = dims.flatten()
+        if flat.null_count:
+            return None  # a customDimensions entry that is not an object: malformed_hit
+        owner = pc.list_parent_indices(dims).to_numpy()
+        wanted = pc.and_(pc.fill_null(pc.equal(flat.field("index"), self.content_dimension_index), False),
+                         pc.is_valid(flat.field("value"))).to_numpy(zero_copy_only=False)
+        values = flat.field("value").filter(pa.array(wanted)).to_pylist()
+        for hit_index, value in zip(owner[wanted].tolist(), values):
+            current = items[hit_index]
+            items[hit_index] = value if current is None or value > current else current  # MAX, as the SQL
+        cleaned = {}
+        for value in set(items):
+            if value is not None:
+                item, problem = content_id(value)
+                if problem:
+                    return None
+                cleaned[value] = item
+        return [cleaned.get(items[i]) for i in np.flatnonzero(kept).tolist()]
 
 
 def input_bytes(pattern: str) -> int:

@@ -143,3 +143,24 @@ def test_column_steps_equal_the_per_visitor_rules():
              for (v, rows), rs, fs in zip(batch, np.split(rated.values, np.cumsum(cols.counts)[:-1]),
                                          np.split(flags, np.cumsum(cols.counts)[:-1]))])
         assert transform.columns_record_batch(marked).equals(expected)
+
+
+def test_arrow_block_parse_equals_the_line_parser(tricky_sessions, tmp_path):  # noqa: F811
+    """Arrow's reading of a clean block gives the very bytes the per-line parser packs; a
+    block with anything the line parser would dead-letter or read otherwise is refused."""
+    with open(tricky_sessions, "rb") as handle:
+        lines = sources.block_lines(handle.read())
+    parse = sources.ParseGaSessionBlockFn("custom_dimension", 10, "PAGE", buckets=5)
+    for start in range(0, len(lines), 150):
+        block = lines[start:start + 150]
+        fast = parse.arrow_columns(block)
+        assert fast is not None
+        rows = [out for raw in block for out in parse.session_rows(raw)]
+        assert sorted(fast) == sorted(sessionize.bucketed_columns(rows, 5))
+    clean = json.dumps({"fullVisitorId": "a", "visitNumber": 1, "hits": [{"time": 0, "type": "PAGE"}]}).encode()
+    for odd in [b"\xef\xbb\xbf" + clean, b"not json", clean + clean, clean.replace(b'"a"', b'"a\\u0007"'),
+                clean.replace(b'"a"', b'"\\ud800"'), clean.replace(b'"a"', b'"a\xff"'), clean.replace(b"0,", b"-1,"),
+                clean.replace(b"1,", b'"1",'), clean.replace(b'"time": 0', b'"time": null'), b"[1]",
+                clean.replace(b'"visitNumber": 1', b'"visitNumber": 1, "visitNumber": 2'),
+                clean.replace(b'{"time"', b'null, {"time"')]:
+        assert parse.arrow_columns([clean, odd, clean]) is None, odd
