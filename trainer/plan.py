@@ -105,13 +105,14 @@ class SweepPlan:
         return self.parts[batch.part].device
 
     def stored_bytes(self) -> int:
-        """Bytes the plan holds on its devices (entries, per-row data, weights)."""
-        total = int(self.empty_rows.shape[0]) * 4
+        """Bytes the plan holds on its devices: every tensor it keeps (entries, row IDs,
+        shapes, weight vectors, scalars, empty rows)."""
+        tensors = [self.empty_rows]
         for p in self.parts:
-            total += sum(int(t.shape[0]) * t.dtype.size for t in (p.row_weights, p.col_weights))
+            tensors += [p.row_weights, p.col_weights, p.scalars]
         for b in self.batches:
-            total += int(b.rows.shape[0]) * (4 + b.width * (4 + b.ratings.dtype.size))
-        return total
+            tensors += [b.rows, b.cols, b.ratings, b.padded_shape]
+        return sum(int(np.prod(t.shape)) * t.dtype.size for t in tensors)
 
     def expand(self, batch: Batch) -> tuple[Any, Any, Any]:
         """The column IDs, ``W − w0`` and ``W·A`` of ``batch`` at its padded shape
