@@ -228,6 +228,11 @@ def run_ours(spec: dict) -> dict:
     warm = WALSModel(**{**model.hyperparameters(), "iterations": 1})
     warm.fit(m.slice_rows(0, min(m.shape[0], 2000)))
     del warm
+    import tensorflow as tf
+
+    gpus = [d for d in model.devices() if "GPU" in d.upper()]
+    for d in gpus:  # device memory: TensorFlow's own peak counter, per GPU
+        tf.config.experimental.reset_memory_stats(d.replace("/device:", ""))
     mem = _Memory()
     marks: list[float] = []
     t0 = time.perf_counter()
@@ -241,6 +246,10 @@ def run_ours(spec: dict) -> dict:
     model.fit(m, callback=on_sweep)
     wall = time.perf_counter() - t0
     memory = mem.done()
+    if gpus:
+        memory["gpu_peak_bytes"] = {
+            d: tf.config.experimental.get_memory_info(d.replace("/device:", ""))["peak"]
+            for d in gpus}
     sweeps = [float(h["seconds"]) for h in model.history]
     return {
         "sweep_seconds": sweeps,

@@ -514,3 +514,24 @@ def test_in_graph_weights_equal_the_formulas(objective, confidence, dtype):
     u = unit_roundoff(dtype)
     for want, have in zip((extra, wa), got):
         assert np.all(np.abs(have - want) <= 6 * u * np.abs(want)), np.max(np.abs(have - want))
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_solving_in_place_gives_the_same_factors(solver):
+    """``out=previous`` (what ``fit`` does) against a fresh output: bit-for-bit the same rows,
+    and the rows without entries set to 0 in place."""
+    d = random_ratings(50, 30, 0.3, 8)
+    d[[4, 9]] = 0.0
+    rng = np.random.default_rng(9)
+    k = 6
+    v0 = _on("/CPU:0", rng.standard_normal((30, k)).astype(np.float32))
+    u0 = rng.standard_normal((50, k)).astype(np.float32)
+    model = WALSModel(factors=k, regularization=0.3, solver=solver, batch_size=4,
+                      device="/CPU:0")
+    user_plan, _ = model.prepare(CSR.from_dense(d))
+    fresh = solve_half_sweep(v0, user_plan, 1.0, 0.3, solver, previous=_on("/CPU:0", u0)).numpy()
+    with tf.device("/CPU:0"):
+        var = tf.Variable(u0)
+    solve_half_sweep(v0, user_plan, 1.0, 0.3, solver, previous=var, out=var)
+    assert np.array_equal(var.numpy(), fresh)
+    assert not np.any(fresh[[4, 9]]) and np.all(np.any(fresh[np.any(d, axis=1)] != 0, axis=1))
