@@ -130,12 +130,15 @@ def batch_training_ranges(batch: Any, test_fraction: float, seed: int) -> Iterab
     """``training_ranges`` over a ``columns.SeenColumns`` batch, merged per item first, so
     one element per (item, batch) goes on to the per-item combine, not one per interaction."""
     held_out = split.batch_flags(batch.visitors, batch.counts, batch.items, test_fraction, seed)
-    keep = np.flatnonzero(~held_out & (batch.firsts != columns.NO_DAY)).tolist()
-    merged: dict = {}
-    firsts, lasts = batch.firsts.tolist(), batch.lasts.tolist()
-    for k in keep:
-        widen(merged, batch.items[k], firsts[k], lasts[k])
-    return [(item, tuple(days)) for item, days in merged.items()]
+    keep = np.flatnonzero(~held_out & (batch.firsts != columns.NO_DAY))
+    codes: dict = {}
+    items = batch.items
+    code = np.fromiter((codes.setdefault(items[k], len(codes)) for k in keep.tolist()), np.int64, len(keep))
+    firsts = np.full(len(codes), np.iinfo(np.int64).max, np.int64)
+    lasts = np.full(len(codes), columns.NO_DAY, np.int64)
+    np.minimum.at(firsts, code, batch.firsts[keep])
+    np.maximum.at(lasts, code, batch.lasts[keep])
+    return list(zip(codes, zip(firsts.tolist(), lasts.tolist())))
 
 
 class DayRangeFn(beam.CombineFn):
