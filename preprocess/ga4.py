@@ -34,9 +34,10 @@ from collections import defaultdict
 from typing import Any, Iterable, Optional, Sequence
 
 import apache_beam as beam
+import numpy as np
 
 import schemas
-from preprocess import counters, freshness, sessionize, sources
+from preprocess import columns, counters, freshness, sessionize, sources
 from preprocess.sources import INT64_MAX
 
 SQL_FILE = "ga4_interactions.sql"
@@ -396,4 +397,160 @@ class TimeOnItems(beam.PTransform):
             events
             | "GroupByVisitor" >> beam.GroupByKey()
             | "SumPerItem" >> beam.ParDo(per_visitor).with_outputs(freshness.SEEN, main="interactions")
+        )
+
+
+# --------------------------------------------------------------------------- in buckets, on arrays
+#
+# As for GA360 (sessionize.py, "in buckets"): the pipeline's file reader packs each block's
+# event rows as columns per visitor bucket, and the time on items is computed per bucket on
+# NumPy arrays, with the per-visitor DoFns above as the reference for what arrays cannot
+# hold exactly.
+
+Ga4Columns = tuple  # (visitors, sessions, times, names, items, engagements, days): lists, one per row
+
+
+def pack_events(rows: Sequence[tuple]) -> Ga4Columns:
+    """``[(visitor, Ga4Event), ...]`` -> column lists (Beam encodes lists of numbers and text
+    without pickling; event names are arbitrary text, so they are not joined)."""
+    return ([visitor for visitor, _ in rows], *([event[i] for _, event in rows] for i in range(6)))
+
+
+class ParseGa4EventBlockBucketsFn(beam.DoFn):
+    """A block of GA4 NDJSON lines -> ``ParseGa4EventFn``'s rows as ``Ga4Columns`` per visitor
+    bucket (and its dead letters as they are)."""
+
+    def __init__(self, parse: ParseGa4EventFn, buckets: int) -> None:
+        self.parse = parse
+        self.buckets = buckets
+
+    def process(self, lines: list) -> Iterable:
+        by_bucket: dict = defaultdict(list)
+        for raw in lines:
+            for out in self.parse.process(raw):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield out
+                else:
+                    by_bucket[sessionize.visitor_bucket(out[0], self.buckets)].append(out)
+        for bucket, rows in by_bucket.items():
+            yield bucket, pack_events(rows)
+
+
+class BucketTimeFn(beam.DoFn):
+    """(bucket, [Ga4Columns, ...]) -> ``columns.VisitorColumns`` (and ``SeenColumns`` on
+    ``freshness.SEEN``) with the values, counters and dates of ``EngagementTimeFn`` /
+    ``NextEventTimeFn`` for each visitor of the bucket."""
+
+    def __init__(self, duration: str) -> None:
+        self.duration = duration
+        self.reference = EngagementTimeFn() if duration == "engagement_time" else NextEventTimeFn()
+        self.gaps = sessionize.BucketDurationsFn(self.reference, divisor=1000, count_without_item=False)
+        self.sessions = counters.counter("sessions")
+        self.nonpositive = counters.dropped("nonpositive_duration")
+
+    def process(self, element) -> Iterable:
+        _, parts = element
+        visitors, sessions, times, names, items, engagements, days = (
+            [value for part in parts for value in part[i]] for i in range(7))
+        n = len(visitors)
+        time = np.asarray(times, dtype=np.int64)
+        if self.duration == "next_event":  # a sum of gaps is at most n × the time span
+            bound = int(time.max()) - int(time.min()) if n else 0
+        else:
+            bound = max((abs(e) for e in engagements if e is not None), default=0)
+        if bound * max(n, 1) >= 2**62:  # sums that int64 might not hold: the reference, exactly
+            yield from self.by_visitor(visitors, list(zip(sessions, times, names, items, engagements, days)))
+            return
+        if self.duration == "next_event":
+            hit_columns = ("\n".join(visitors).encode("utf-8"), np.asarray(sessions, np.int64).tobytes(),
+                           np.array([columns.NO_DAY if d is None else d for d in days], np.int64).tobytes(),
+                           np.ones(n, np.int64).tobytes(), time.tobytes(),
+                           "\n".join(item or "" for item in items).encode("utf-8"))
+            yield from self.gaps.on_arrays([hit_columns], time)
+            return
+        yield from self.engagement(visitors, np.asarray(sessions, np.int64), time, names, items, engagements, days)
+
+    def by_visitor(self, visitors: list, rows: list) -> Iterable:
+        grouped: dict = defaultdict(list)
+        for visitor, row in zip(visitors, rows):
+            grouped[visitor].append(row)
+        interactions, seen = [], []
+        for visitor in sorted(grouped):
+            for out in self.reference.process((visitor, grouped[visitor])):
+                (seen.append(out.value) if isinstance(out, beam.pvalue.TaggedOutput) else interactions.append(out))
+        if interactions:
+            yield columns.from_visitors(interactions)
+            yield beam.pvalue.TaggedOutput(freshness.SEEN, columns.from_seen(seen))
+
+    def engagement(self, visitors, session, time, names, items, engagements, days) -> Iterable:
+        """``EngagementTimeFn`` on arrays: Σ engagement over distinct events per (visitor, item)."""
+        def codes(values: list, none: bool = False) -> tuple[np.ndarray, list]:
+            found: dict = {None: -1} if none else {}
+            start = len(found)
+            code = np.fromiter((found.setdefault(v, len(found) - start) for v in values), np.int64, len(values))
+            return code, [v for v in found if not (none and v is None)]
+
+        visitor, visitor_names = codes(visitors)
+        name, _ = codes(names)
+        item, item_names = codes(items, none=True)
+        has = np.fromiter((e is not None for e in engagements), bool, len(engagements))
+        engagement = np.fromiter((e or 0 for e in engagements), np.int64, len(engagements))
+        day = np.fromiter((columns.NO_DAY if d is None else d for d in days), np.int64, len(days))
+        # An event is not its date: duplicates of (session, time, name, item, engagement) count once.
+        keys = (engagement, has, item, name, time, session, visitor)
+        order = np.lexsort(keys)
+        distinct = (np.r_[True, np.any([key[order][1:] != key[order][:-1] for key in keys], axis=0)]
+                    if len(order) else np.zeros(0, bool))
+        rows = order[distinct]
+        pairs = np.lexsort((session, visitor))
+        self.sessions.inc(int(np.r_[True, (visitor[pairs][1:] != visitor[pairs][:-1])
+                                    | (session[pairs][1:] != session[pairs][:-1])].sum()) if len(pairs) else 0)
+        rows = rows[item[rows] >= 0]
+        nitems = max(len(item_names), 1)
+        keys_, where = np.unique(visitor[rows] * nitems + item[rows], return_inverse=True)
+        totals = np.zeros(len(keys_), np.int64)
+        np.add.at(totals, where, engagement[rows])
+        positive = totals > 0
+        if not positive.all():
+            self.nonpositive.inc(int((~positive).sum()))
+        yield from sessionize.visitor_columns(keys_[positive], totals[positive], nitems, visitor_names, item_names,
+                                              visitor, item, day)
+
+
+class ReadGa4EventsInBlocks(beam.PTransform):
+    """GA4 export NDJSON (local or gs://) -> ``Ga4Columns`` keyed by visitor bucket (``.events``,
+    for ``TimeOnItemBuckets``) and dead letters: ``ReadGa4Events``' rows, checks and counters,
+    a block of lines at a time; the bucket count follows the input size."""
+
+    def __init__(self, pattern: str, item_source: str, duration: str, user_field: str,
+                 event_names: Sequence[str]) -> None:
+        super().__init__()
+        self.pattern = pattern
+        buckets = sessionize.bucket_count(sources.input_bytes(pattern))
+        self.parse = ParseGa4EventBlockBucketsFn(
+            ParseGa4EventFn(item_source, duration, user_field, event_names), buckets)
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "ReadLineBlocks" >> sources.ReadLineBlocks(self.pattern)
+            | "ParseEvents" >> beam.ParDo(self.parse).with_outputs(sources.DROPPED, main="events")
+        )
+
+
+class TimeOnItemBuckets(beam.PTransform):
+    """``(bucket, Ga4Columns)`` -> ``columns.VisitorColumns`` (``.interactions``) and
+    ``columns.SeenColumns`` (``[freshness.SEEN]``): ``TimeOnItems``' values, per bucket."""
+
+    def __init__(self, duration: str) -> None:
+        super().__init__()
+        if duration not in DURATIONS:
+            raise ValueError(f"unknown duration {duration!r}")
+        self.duration = duration
+
+    def expand(self, events):
+        return (
+            events
+            | "GroupByBucket" >> beam.GroupByKey()
+            | "SumPerItem" >> beam.ParDo(BucketTimeFn(self.duration)).with_outputs(freshness.SEEN, main="interactions")
         )

@@ -2,7 +2,7 @@
 
     Read GA360 sessions (blocks of lines) ─► hit columns per visitor bucket ─► SessionizeHits
         (GroupByKey by bucket, time on items on NumPy arrays) ─────────────────────────────┐
-    Read GA4 events (blocks of lines) ─► event rows ─► TimeOnItems ─► ToColumns ───────────┤
+    Read GA4 events (blocks of lines) ─► event columns per visitor bucket ─► TimeOnItems ──┤
     BigQuery SQL / interactions CSV ─► SumInteractions ─► ToColumns ───────────────────────┤
     hits CSV ─► SessionizeHits ─► ToColumns ───────────────────────────────────────────────┴►
     VisitorColumns batches (preprocess.columns): visitors, items, durations; a visitor in one batch
@@ -67,10 +67,11 @@ def read_interactions(pipeline: beam.Pipeline, options: PreprocessOptions):
         read = pipeline | "ReadInteractionsCsv" >> sources.ReadInteractionsCsv(o.input)
         per_visitor = read.interactions | "SumInteractions" >> sessionize.SumInteractions()
     elif o.input_format == "ga4_json":
-        read = pipeline | "ReadGa4Events" >> ga4.ReadGa4Events(
+        read = pipeline | "ReadGa4Events" >> ga4.ReadGa4EventsInBlocks(
             o.input, item_source(o), o.duration, o.user_id_field, event_names(o)
         )
-        per_visitor = read.events | "TimeOnItems" >> ga4.TimeOnItems(o.duration)
+        batches = read.events | "TimeOnItems" >> ga4.TimeOnItemBuckets(o.duration)
+        return batches.interactions, batches[freshness.SEEN], read[sources.DROPPED]
     elif o.input_format == "ga_json":
         read = pipeline | "ReadGaSessions" >> sources.ReadGaSessionsInBlocks(
             o.input, item_source(o), o.content_dimension_index, o.hit_type

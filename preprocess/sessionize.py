@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections import defaultdict
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -259,8 +259,13 @@ class BucketDurationsFn(beam.DoFn):
     hostile input has them) goes through ``VisitorDurationsFn`` itself, visitor by visitor.
     """
 
-    def __init__(self) -> None:
-        self.reference = VisitorDurationsFn()
+    def __init__(self, reference: Optional[beam.DoFn] = None, divisor: Optional[int] = None,
+                 count_without_item: bool = True) -> None:
+        # GA4's next_event rule is this one with sessions = ga_session_id, times in µs (divisor
+        # 1000) and NextEventTimeFn as the reference; its reader counts item-less events itself.
+        self.reference = reference or VisitorDurationsFn()
+        self.divisor = divisor
+        self.count_without_item = count_without_item
         self.without_item = counters.dropped("hit_without_item")
         self.nonpositive = counters.dropped("nonpositive_duration")
         self.sessions = counters.counter("sessions")
@@ -318,7 +323,8 @@ class BucketDurationsFn(beam.DoFn):
         self.sessions.inc(int(new.sum()))
         hit_row = np.repeat(np.arange(len(counts)), counts)
         session, visitor, day = row_session[hit_row], row_visitor[hit_row], days[hit_row]
-        self.without_item.inc(int((item < 0).sum()))
+        if self.count_without_item:
+            self.without_item.inc(int((item < 0).sum()))
 
         # Distinct (session, time); the next one in the same session ends it (LEAD).
         order = np.lexsort((times, session))
@@ -342,41 +348,53 @@ class BucketDurationsFn(beam.DoFn):
             self.nonpositive.inc(int((~positive).sum()))
         keys, totals = keys[positive], totals[positive]
 
-        # Date range of each (visitor, item) over its dated hits (credited or not).
-        dated = (item >= 0) & (day != NO_DAY)
-        dated_keys = visitor[dated] * nitems + item[dated]
-        order = np.argsort(dated_keys, kind="stable")
-        dated_keys, dated_days = dated_keys[order], day[dated][order]
-        starts, ends = _groups(dated_keys)
-        range_keys = dated_keys[starts]
-        firsts = np.minimum.reduceat(dated_days, starts) if len(starts) else dated_days[:0]
-        lasts = np.maximum.reduceat(dated_days, starts) if len(starts) else dated_days[:0]
-        at = np.searchsorted(range_keys, keys)
-        found = at < len(range_keys)
-        found[found] = range_keys[at[found]] == keys[found]
-        at = np.where(found, at, 0)
+        yield from visitor_columns(keys, totals, nitems, visitor_names, item_names, visitor, item, day,
+                                   self.divisor)
 
-        # Per visitor, items in text order: the VisitorDurationsFn element shapes.
-        rank = np.empty(nitems, np.int64)
-        rank[np.array(sorted(range(len(item_names)), key=item_names.__getitem__), dtype=np.int64)] = \
-            np.arange(len(item_names))
-        key_visitor, key_item = keys // nitems, keys % nitems
-        visitor_rank = np.empty(len(visitor_names), np.int64)
-        visitor_rank[np.array(sorted(range(len(visitor_names)), key=visitor_names.__getitem__), dtype=np.int64)] = \
-            np.arange(len(visitor_names))
-        order = np.lexsort((rank[key_item], visitor_rank[key_visitor]))
-        key_visitor, key_item, totals = key_visitor[order], key_item[order], totals[order]
-        found, at = found[order], at[order]
-        firsts = np.where(found, firsts[at] if len(firsts) else 0, NO_DAY)
-        lasts = np.where(found, lasts[at] if len(lasts) else 0, NO_DAY)
-        starts, ends = _groups(key_visitor)
-        if not len(starts):
-            return
-        visitors = [visitor_names[v] for v in key_visitor[starts].tolist()]
-        counts = (ends - starts).astype(np.int64)
-        items = [item_names[i] for i in key_item.tolist()]
-        yield columns.VisitorColumns(visitors, counts, items, totals)
-        yield beam.pvalue.TaggedOutput(freshness.SEEN, columns.SeenColumns(visitors, counts, items, firsts, lasts))
+
+def visitor_columns(keys: np.ndarray, totals: np.ndarray, nitems: int, visitor_names: list, item_names: list,
+                    visitor: np.ndarray, item: np.ndarray, day: np.ndarray, divisor: Optional[int] = None) -> Iterable:
+    """The kept ``(visitor, item)`` pairs (``keys`` = visitor code × nitems + item code, their
+    ``totals``) -> one ``columns.VisitorColumns`` and its ``columns.SeenColumns`` (on
+    ``freshness.SEEN``), items of a visitor in text order; the date range of a pair spans every
+    dated row of it (``visitor``, ``item``, ``day`` per row). ``divisor``: values are
+    ``total / divisor`` (Python's exact int division)."""
+    # Date range of each (visitor, item) over its dated rows (credited or not).
+    dated = (item >= 0) & (day != NO_DAY)
+    dated_keys = visitor[dated] * nitems + item[dated]
+    order = np.argsort(dated_keys, kind="stable")
+    dated_keys, dated_days = dated_keys[order], day[dated][order]
+    starts, ends = _groups(dated_keys)
+    range_keys = dated_keys[starts]
+    firsts = np.minimum.reduceat(dated_days, starts) if len(starts) else dated_days[:0]
+    lasts = np.maximum.reduceat(dated_days, starts) if len(starts) else dated_days[:0]
+    at = np.searchsorted(range_keys, keys)
+    found = at < len(range_keys)
+    found[found] = range_keys[at[found]] == keys[found]
+    at = np.where(found, at, 0)
+
+    # Per visitor, items in text order: the VisitorDurationsFn element shapes.
+    rank = np.empty(nitems, np.int64)
+    rank[np.array(sorted(range(len(item_names)), key=item_names.__getitem__), dtype=np.int64)] = \
+        np.arange(len(item_names))
+    key_visitor, key_item = keys // nitems, keys % nitems
+    visitor_rank = np.empty(len(visitor_names), np.int64)
+    visitor_rank[np.array(sorted(range(len(visitor_names)), key=visitor_names.__getitem__), dtype=np.int64)] = \
+        np.arange(len(visitor_names))
+    order = np.lexsort((rank[key_item], visitor_rank[key_visitor]))
+    key_visitor, key_item, totals = key_visitor[order], key_item[order], totals[order]
+    found, at = found[order], at[order]
+    firsts = np.where(found, firsts[at] if len(firsts) else 0, NO_DAY)
+    lasts = np.where(found, lasts[at] if len(lasts) else 0, NO_DAY)
+    starts, ends = _groups(key_visitor)
+    if not len(starts):
+        return
+    visitors = [visitor_names[v] for v in key_visitor[starts].tolist()]
+    counts = (ends - starts).astype(np.int64)
+    items = [item_names[i] for i in key_item.tolist()]
+    values = totals if divisor is None else np.array([t / divisor for t in totals.tolist()], dtype=np.float64)
+    yield columns.VisitorColumns(visitors, counts, items, values)
+    yield beam.pvalue.TaggedOutput(freshness.SEEN, columns.SeenColumns(visitors, counts, items, firsts, lasts))
 
 
 class SessionizeHitBuckets(beam.PTransform):

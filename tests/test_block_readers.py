@@ -13,6 +13,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
 from preprocess import columns, counters, freshness, sessionize, sources
+from tests.test_ga4 import edge_case_file  # noqa: F401
 from tests.test_sources import ITEM_SOURCES, as_sorted, duckdb_interactions, tricky_sessions  # noqa: F401
 
 
@@ -164,3 +165,40 @@ def test_arrow_block_parse_equals_the_line_parser(tricky_sessions, tmp_path):  #
                 clean.replace(b'"visitNumber": 1', b'"visitNumber": 1, "visitNumber": 2'),
                 clean.replace(b'{"time"', b'null, {"time"')]:
         assert parse.arrow_columns([clean, odd, clean]) is None, odd
+
+
+@pytest.mark.parametrize("duration", ["engagement_time", "next_event"])
+@pytest.mark.parametrize("item_source", ["page_location", "item_id"])
+def test_ga4_buckets_equal_the_per_visitor_steps(edge_case_file, tmp_path, duration, item_source):  # noqa: F811
+    """GA4 per bucket on arrays (ReadGa4EventsInBlocks + TimeOnItemBuckets) against the
+    per-visitor steps (ReadGa4Events + TimeOnItems, tested against the SQL in test_ga4.py) on
+    its edge cases: interactions, date ranges, dead letters and counters."""
+    from preprocess import ga4
+
+    found = []
+    for blocks in (False, True):
+        p = beam.Pipeline("FnApiRunner")
+        if blocks:
+            read = p | ga4.ReadGa4EventsInBlocks(str(edge_case_file), item_source, duration, "user_pseudo_id", ())
+            out = read.events | ga4.TimeOnItemBuckets(duration)
+            interactions = out.interactions | "Flat" >> beam.FlatMap(columns.to_visitors)
+            seen = out[freshness.SEEN] | "FlatSeen" >> beam.FlatMap(columns.seen_to_visitors)
+        else:
+            read = p | ga4.ReadGa4Events(str(edge_case_file), item_source, duration, "user_pseudo_id", ())
+            out = read.events | ga4.TimeOnItems(duration)
+            interactions, seen = out.interactions, out[freshness.SEEN]
+        got: dict = {}
+        for name, pcoll in (("interactions", interactions), ("seen", seen), ("dropped", read[sources.DROPPED])):
+            target = str(tmp_path / f"{int(blocks)}.{name}")
+            _ = pcoll | f"Repr{name}" >> beam.Map(repr) | f"Write{name}" >> beam.io.WriteToText(target, shard_name_template="")
+        result = p.run()
+        result.wait_until_finish()
+        for name in ("interactions", "seen", "dropped"):
+            with open(tmp_path / f"{int(blocks)}.{name}") as handle:
+                got[name] = sorted(handle.read().splitlines())
+        got["counters"] = {}
+        for counter in result.metrics().query(MetricsFilter().with_namespace(counters.NAMESPACE))["counters"]:
+            got["counters"][counter.key.metric.name] = got["counters"].get(counter.key.metric.name, 0) + counter.committed
+        found.append(got)
+    assert found[1] == found[0]
+    assert found[0]["interactions"]
