@@ -28,6 +28,7 @@ dead-lettered.
 """
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections import defaultdict
@@ -35,6 +36,9 @@ from typing import Any, Iterable, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyarrow import json as pa_json
 
 import schemas
 from preprocess import columns, counters, freshness, sessionize, sources
@@ -416,15 +420,75 @@ def pack_events(rows: Sequence[tuple]) -> Ga4Columns:
     return ([visitor for visitor, _ in rows], *([event[i] for _, event in rows] for i in range(6)))
 
 
+# The GA4 export fields the Arrow block parser reads; INT64s as JSON numbers only (a string
+# INT64, as BigQuery's own NDJSON export writes them, makes Arrow refuse the block, and the
+# per-line reader takes it).
+_ARROW_VALUE = pa.struct([("string_value", pa.string()), ("int_value", pa.int64())])
+_ARROW_READ = pa_json.ReadOptions(use_threads=False, block_size=64 << 20)  # one DoFn, one core
+ARROW_ITEM_SOURCES = ("page_location", "page_title")  # and event_param:KEY; the rest: per line
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")  # \uD800-\uDFFF (a pair or a lone one)
+
+
+def arrow_parse_options(user_field: str) -> pa_json.ParseOptions:
+    """Arrow's JSON options for one GA4 block: the fields ``ParseGa4EventFn`` reads, typed as
+    the export types them, everything else ignored."""
+    return pa_json.ParseOptions(
+        explicit_schema=pa.schema([
+            ("event_date", pa.string()), ("event_timestamp", pa.int64()), ("event_name", pa.string()),
+            (user_field, pa.string()),
+            ("event_params", pa.list_(pa.struct([("key", pa.string()), ("value", _ARROW_VALUE)]))),
+        ]),
+        unexpected_field_behavior="ignore",
+    )
+
+
+def _param_entries(params: pa.ListArray, key: str) -> tuple[np.ndarray, pa.Array, pa.Array]:
+    """The entries of ``params`` with ``key``: ``(event row of each, string_value, int_value)``,
+    null values (``"value": null``) given as nulls in both."""
+    flat = params.flatten()
+    owner = pc.list_parent_indices(params).to_numpy()
+    mine = pc.fill_null(pc.equal(flat.field("key"), key), False)
+    value = flat.field("value").filter(mine)
+    fields = value.flatten()  # the struct's own nulls carried into its fields
+    return owner[mine.to_numpy(zero_copy_only=False)], fields[0], fields[1]
+
+
+def _int_param_max(params: pa.ListArray, key: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``int_param`` on columns: ``(MAX of the key's int_values per event, whether it has one)``.
+    Arrow has typed every int_value as an INT64 already, so none is ``invalid``."""
+    owner, _, ints = _param_entries(params, key)
+    valid = ints.is_valid().to_numpy(zero_copy_only=False)
+    owner = owner[valid]
+    values = ints.filter(ints.is_valid()).to_numpy(zero_copy_only=False).astype(np.int64)
+    best = np.full(n, np.iinfo(np.int64).min, np.int64)
+    np.maximum.at(best, owner, values)
+    has = np.zeros(n, bool)
+    has[owner] = True
+    return best, has
+
+
 class ParseGa4EventBlockBucketsFn(beam.DoFn):
     """A block of GA4 NDJSON lines -> ``ParseGa4EventFn``'s rows as ``Ga4Columns`` per visitor
-    bucket (and its dead letters as they are)."""
+    bucket (and its dead letters as they are).
 
-    def __init__(self, parse: ParseGa4EventFn, buckets: int) -> None:
+    A clean block (every line one event that Arrow can type against the export's fields, no
+    dead letter due, an item source read from event params) is parsed by Arrow's JSON reader
+    and its rows made on columns (``arrow_columns``); any other block goes line by line
+    through ``ParseGa4EventFn``, which decides every drop and dead letter. Both give the same
+    ``Ga4Columns`` (tested), so which path a block takes changes nothing downstream.
+    """
+
+    def __init__(self, parse: ParseGa4EventFn, buckets: int, use_arrow: bool = True) -> None:
         self.parse = parse
         self.buckets = buckets
+        self.use_arrow = use_arrow  # False: every block line by line (the reference, in tests)
+        self.arrow_options = arrow_parse_options(parse.user_field)
 
     def process(self, lines: list) -> Iterable:
+        bucketed = self.arrow_columns(lines) if self.use_arrow else None
+        if bucketed is not None:
+            yield from bucketed
+            return
         by_bucket: dict = defaultdict(list)
         for raw in lines:
             for out in self.parse.process(raw):
@@ -434,6 +498,147 @@ class ParseGa4EventBlockBucketsFn(beam.DoFn):
                     by_bucket[sessionize.visitor_bucket(out[0], self.buckets)].append(out)
         for bucket, rows in by_bucket.items():
             yield bucket, pack_events(rows)
+
+    def item_key(self) -> Optional[str]:
+        """The event param that holds the item, or None when the item source is not one."""
+        source = self.parse.item_source
+        if source.startswith(EVENT_PARAM_PREFIX):
+            return source[len(EVENT_PARAM_PREFIX):]
+        return source if source in ARROW_ITEM_SOURCES else None
+
+    def arrow_columns(self, lines: list) -> Optional[list]:
+        """The block's ``(bucket, Ga4Columns)`` from Arrow's JSON reader, or None when any line
+        needs the per-line path.
+
+        Arrow refuses what ``json`` and the per-line checks would read otherwise: an INT64 as
+        text, a fraction or exponent, one out of range, a key given twice in a typed object,
+        a raw control character, a non-object line, a lone surrogate. Checked here: UTF-8
+        (Arrow passes bad bytes through), escaped surrogates, two objects on one line, a null
+        ``event_params`` entry (malformed_event), and on the rows that reach each check, the
+        visitor, the timestamp, the engagement time and the item through ``ids.clean_id``. A
+        dead letter due anywhere returns None, so only count-only drops are made here, and
+        counted as the per-line reader counts them.
+        """
+        parse = self.parse
+        key = self.item_key()
+        if key is None or not lines:
+            return None
+        data = b"\n".join(lines)
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if _SURROGATE_ESCAPE.search(data):  # json keeps a lone one as it is; leave pairs to it too
+            return None
+        try:
+            table = pa_json.read_json(io.BytesIO(data), read_options=_ARROW_READ, parse_options=self.arrow_options)
+        except Exception:  # any refusal: the per-line path says why
+            return None
+        n = table.num_rows
+        if n == 0 or n != sum(map(bool, map(bytes.strip, lines))):  # two objects on a line, say
+            return None
+        params = table["event_params"].combine_chunks()
+        if params.flatten().null_count:  # an entry that is not an object: malformed_event
+            return None
+        names = table["event_name"].combine_chunks().to_pylist()
+        visitors = table[parse.user_field].combine_chunks().to_pylist()
+        kept = np.ones(n, bool)
+        if parse.event_names is not None:  # name not in the set (a null name never is)
+            kept = np.fromiter((name in parse.event_names for name in names), bool, n)
+        other_event = n - int(kept.sum())
+        cleaned: dict = {}
+        for value in set(visitors):
+            visitor, problem = sources.visitor_id(value)
+            if problem not in (None, "missing_visitor_id"):
+                return None  # invalid_visitor_id on an event that may reach the check
+            cleaned[value] = visitor
+        has_visitor = np.fromiter((cleaned[v] is not None for v in visitors), bool, n)
+        no_visitor = int((kept & ~has_visitor).sum())
+        kept &= has_visitor
+        session, has_session = _int_param_max(params, "ga_session_id", n)
+        no_session = int((kept & ~has_session).sum())
+        kept &= has_session
+        times = table["event_timestamp"].combine_chunks()
+        time = pc.fill_null(times, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        if (time[kept] < 0).any():
+            return None  # invalid_time
+        engagement, has_engagement = _int_param_max(params, "engagement_time_msec", n)
+        if parse.engagement_only and (engagement[kept & has_engagement] < 0).any():
+            return None  # invalid_engagement_time
+        items = self.arrow_items(params, key, n, kept)
+        if items is None:
+            return None
+        rows = np.flatnonzero(kept)
+        without_item = sum(1 for item in items if item is None)
+        parse.events.inc(n)
+        if other_event:
+            parse.other_event.inc(other_event)
+        if no_visitor:
+            parse.no_visitor.inc(no_visitor)
+        if no_session:
+            parse.no_session.inc(no_session)
+        if without_item:
+            parse.without_item.inc(without_item)
+        if not len(rows):
+            return []
+        dates = table["event_date"].combine_chunks()
+        day_of = {value: freshness.parse_export_day(value) for value in set(dates.to_pylist())}
+        row_list = rows.tolist()
+        kept_visitors = [cleaned[visitors[r]] for r in row_list]
+        bucket_of = {v: sessionize.visitor_bucket(v, self.buckets) for v in set(kept_visitors)}
+        bucket = np.fromiter((bucket_of[v] for v in kept_visitors), np.int64, len(rows))
+        order = np.argsort(bucket, kind="stable")  # line order within each bucket
+        bounds = np.flatnonzero(np.r_[True, bucket[order][1:] != bucket[order][:-1], True])
+        columns_of = (
+            np.array(kept_visitors, dtype=object),
+            session[rows],
+            time[rows],
+            np.array([name if isinstance(name, str) else json.dumps(name) for name in (names[r] for r in row_list)],
+                     dtype=object),
+            np.array(items, dtype=object),
+            np.array([int(e) if h else None for e, h in zip(engagement[rows].tolist(), has_engagement[rows].tolist())],
+                     dtype=object),
+            np.array([day_of[d] for d in dates.take(pa.array(rows)).to_pylist()], dtype=object),
+        )
+        out = []
+        for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            mine = order[start:end]
+            out.append((int(bucket[mine[0]]), tuple(column[mine].tolist() for column in columns_of)))
+        return out
+
+    def arrow_items(self, params: pa.ListArray, key: str, n: int, kept: np.ndarray) -> Optional[list]:
+        """The item of each kept event (``event_items`` then ``content_id``), in row order, or
+        None when one needs a dead letter.
+
+        ``string_param``: MAX of the key's string values, for ``event_param:KEY`` int values as
+        decimal text where the string value is null. Arrow and Python order valid UTF-8 text
+        alike (bytes and code points), so the MAX is taken in Python only for events with
+        more than one value."""
+        owner, strings, ints = _param_entries(params, key)
+        if self.parse.item_source.startswith(EVENT_PARAM_PREFIX):
+            text = pc.if_else(strings.is_valid(), strings, pc.cast(ints, pa.string()))
+        else:
+            text = strings
+        valid = text.is_valid()
+        owner = owner[valid.to_numpy(zero_copy_only=False)]
+        values = text.filter(valid).to_pylist()
+        raw: list = [None] * n
+        for row, value in zip(owner.tolist(), values):
+            current = raw[row]
+            raw[row] = value if current is None or value > current else current
+        item_of: dict = {None: None}
+        for value in set(raw[r] for r in np.flatnonzero(kept).tolist()):
+            if value is None:
+                continue
+            if self.parse.item_source == "page_location":
+                value_cut = page_location(value)
+            else:
+                value_cut = value
+            item, problem = sources.content_id(value_cut)
+            if problem:
+                return None  # invalid_content_id
+            item_of[value] = item
+        return [item_of[raw[r]] for r in np.flatnonzero(kept).tolist()]
 
 
 class BucketTimeFn(beam.DoFn):
@@ -523,17 +728,18 @@ class ReadGa4EventsInBlocks(beam.PTransform):
     a block of lines at a time; the bucket count follows the input size."""
 
     def __init__(self, pattern: str, item_source: str, duration: str, user_field: str,
-                 event_names: Sequence[str]) -> None:
+                 event_names: Sequence[str], block_bytes: int = sources.BLOCK_BYTES, use_arrow: bool = True) -> None:
         super().__init__()
         self.pattern = pattern
+        self.block_bytes = block_bytes
         buckets = sessionize.bucket_count(sources.input_bytes(pattern))
         self.parse = ParseGa4EventBlockBucketsFn(
-            ParseGa4EventFn(item_source, duration, user_field, event_names), buckets)
+            ParseGa4EventFn(item_source, duration, user_field, event_names), buckets, use_arrow)
 
     def expand(self, pbegin):
         return (
             pbegin
-            | "ReadLineBlocks" >> sources.ReadLineBlocks(self.pattern)
+            | "ReadLineBlocks" >> sources.ReadLineBlocks(self.pattern, self.block_bytes)
             | "ParseEvents" >> beam.ParDo(self.parse).with_outputs(sources.DROPPED, main="events")
         )
 
