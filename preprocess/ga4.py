@@ -467,6 +467,14 @@ def _int_param_max(params: pa.ListArray, key: str, n: int) -> tuple[np.ndarray, 
     return best, has
 
 
+def _encode(column: Any) -> tuple[np.ndarray, list]:
+    """``(code per row, distinct values)`` of an Arrow column; a null's code is -1, so
+    ``lookup[code]`` with one more entry at the end for the null."""
+    encoded = pc.dictionary_encode(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+    return (pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64),
+            encoded.dictionary.to_pylist())
+
+
 class ParseGa4EventBlockBucketsFn(beam.DoFn):
     """A block of GA4 NDJSON lines -> ``ParseGa4EventFn``'s rows as ``Ga4Columns`` per visitor
     bucket (and its dead letters as they are).
@@ -540,19 +548,21 @@ class ParseGa4EventBlockBucketsFn(beam.DoFn):
         params = table["event_params"].combine_chunks()
         if params.flatten().null_count:  # an entry that is not an object: malformed_event
             return None
-        names = table["event_name"].combine_chunks().to_pylist()
-        visitors = table[parse.user_field].combine_chunks().to_pylist()
+        name_code, name_values = _encode(table["event_name"])
+        visitor_code, visitor_values = _encode(table[parse.user_field])
         kept = np.ones(n, bool)
         if parse.event_names is not None:  # name not in the set (a null name never is)
-            kept = np.fromiter((name in parse.event_names for name in names), bool, n)
+            wanted = np.array([name in parse.event_names for name in name_values] + [False], bool)
+            kept = wanted[name_code]
         other_event = n - int(kept.sum())
-        cleaned: dict = {}
-        for value in set(visitors):
+        cleaned = []
+        for value in visitor_values:
             visitor, problem = sources.visitor_id(value)
             if problem not in (None, "missing_visitor_id"):
                 return None  # invalid_visitor_id on an event that may reach the check
-            cleaned[value] = visitor
-        has_visitor = np.fromiter((cleaned[v] is not None for v in visitors), bool, n)
+            cleaned.append(visitor)
+        cleaned.append(None)  # code -1: a null visitor
+        has_visitor = np.array([v is not None for v in cleaned], bool)[visitor_code]
         no_visitor = int((kept & ~has_visitor).sum())
         kept &= has_visitor
         session, has_session = _int_param_max(params, "ga_session_id", n)
@@ -565,11 +575,11 @@ class ParseGa4EventBlockBucketsFn(beam.DoFn):
         engagement, has_engagement = _int_param_max(params, "engagement_time_msec", n)
         if parse.engagement_only and (engagement[kept & has_engagement] < 0).any():
             return None  # invalid_engagement_time
-        items = self.arrow_items(params, key, n, kept)
+        rows = np.flatnonzero(kept)
+        items = self.arrow_items(params, key, n, rows)
         if items is None:
             return None
-        rows = np.flatnonzero(kept)
-        without_item = sum(1 for item in items if item is None)
+        without_item = int(sum(item is None for item in items[rows]))  # an object array: `is None` per row
         parse.events.inc(n)
         if other_event:
             parse.other_event.inc(other_event)
@@ -581,39 +591,33 @@ class ParseGa4EventBlockBucketsFn(beam.DoFn):
             parse.without_item.inc(without_item)
         if not len(rows):
             return []
-        dates = table["event_date"].combine_chunks()
-        day_of = {value: freshness.parse_export_day(value) for value in set(dates.to_pylist())}
-        row_list = rows.tolist()
-        kept_visitors = [cleaned[visitors[r]] for r in row_list]
-        bucket_of = {v: sessionize.visitor_bucket(v, self.buckets) for v in set(kept_visitors)}
-        bucket = np.fromiter((bucket_of[v] for v in kept_visitors), np.int64, len(rows))
+        date_code, date_values = _encode(table["event_date"])
+        days = np.array([freshness.parse_export_day(value) for value in date_values] + [None], dtype=object)
+        names = np.array([name if isinstance(name, str) else json.dumps(name) for name in name_values + [None]],
+                         dtype=object)
+        visitor_bucket = np.array([-1 if v is None else sessionize.visitor_bucket(v, self.buckets) for v in cleaned],
+                                  np.int64)
+        bucket = visitor_bucket[visitor_code[rows]]
         order = np.argsort(bucket, kind="stable")  # line order within each bucket
         bounds = np.flatnonzero(np.r_[True, bucket[order][1:] != bucket[order][:-1], True])
-        columns_of = (
-            np.array(kept_visitors, dtype=object),
-            session[rows],
-            time[rows],
-            np.array([name if isinstance(name, str) else json.dumps(name) for name in (names[r] for r in row_list)],
-                     dtype=object),
-            np.array(items, dtype=object),
-            np.array([int(e) if h else None for e, h in zip(engagement[rows].tolist(), has_engagement[rows].tolist())],
-                     dtype=object),
-            np.array([day_of[d] for d in dates.take(pa.array(rows)).to_pylist()], dtype=object),
-        )
+        engagement_or_none = engagement.astype(object)
+        engagement_or_none[~has_engagement] = None
+        columns_of = (np.array(cleaned, dtype=object)[visitor_code], session, time, names[name_code], items,
+                      engagement_or_none, days[date_code])
         out = []
         for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-            mine = order[start:end]
-            out.append((int(bucket[mine[0]]), tuple(column[mine].tolist() for column in columns_of)))
+            mine = rows[order[start:end]]
+            out.append((int(bucket[order[start]]), tuple(column[mine].tolist() for column in columns_of)))
         return out
 
-    def arrow_items(self, params: pa.ListArray, key: str, n: int, kept: np.ndarray) -> Optional[list]:
-        """The item of each kept event (``event_items`` then ``content_id``), in row order, or
-        None when one needs a dead letter.
+    def arrow_items(self, params: pa.ListArray, key: str, n: int, rows: np.ndarray) -> Optional[np.ndarray]:
+        """The item of each event (``event_items`` then ``content_id``) as an object array, or
+        None when one of the kept ``rows`` needs a dead letter.
 
         ``string_param``: MAX of the key's string values, for ``event_param:KEY`` int values as
         decimal text where the string value is null. Arrow and Python order valid UTF-8 text
-        alike (bytes and code points), so the MAX is taken in Python only for events with
-        more than one value."""
+        alike (bytes and code points); the MAX is taken in Python only for the events with
+        more than one value, and ``content_id`` once per distinct value."""
         owner, strings, ints = _param_entries(params, key)
         if self.parse.item_source.startswith(EVENT_PARAM_PREFIX):
             text = pc.if_else(strings.is_valid(), strings, pc.cast(ints, pa.string()))
@@ -621,24 +625,31 @@ class ParseGa4EventBlockBucketsFn(beam.DoFn):
             text = strings
         valid = text.is_valid()
         owner = owner[valid.to_numpy(zero_copy_only=False)]
-        values = text.filter(valid).to_pylist()
-        raw: list = [None] * n
-        for row, value in zip(owner.tolist(), values):
-            current = raw[row]
-            raw[row] = value if current is None or value > current else current
-        item_of: dict = {None: None}
-        for value in set(raw[r] for r in np.flatnonzero(kept).tolist()):
-            if value is None:
-                continue
+        code_of_entry, values = _encode(text.filter(valid))
+        code = np.full(n, -1, np.int64)
+        code[owner] = code_of_entry  # one value per event: its code; more: settled below
+        repeated = np.bincount(owner, minlength=n) > 1
+        if repeated.any():
+            best: dict = {}
+            several = repeated[owner]
+            for row, value_code in zip(owner[several].tolist(), code_of_entry[several].tolist()):
+                current = best.get(row)
+                if current is None or values[value_code] > values[current]:
+                    best[row] = value_code
+            for row, value_code in best.items():
+                code[row] = value_code
+        used = np.zeros(len(values) + 1, bool)
+        used[code[rows]] = True
+        item_of = [None] * (len(values) + 1)  # the last: no value (code -1)
+        for value_code in np.flatnonzero(used[:-1]).tolist():
+            value = values[value_code]
             if self.parse.item_source == "page_location":
-                value_cut = page_location(value)
-            else:
-                value_cut = value
-            item, problem = sources.content_id(value_cut)
+                value = page_location(value)
+            item, problem = sources.content_id(value)
             if problem:
                 return None  # invalid_content_id
-            item_of[value] = item
-        return [item_of[raw[r]] for r in np.flatnonzero(kept).tolist()]
+            item_of[value_code] = item
+        return np.array(item_of, dtype=object)[code]
 
 
 class BucketTimeFn(beam.DoFn):
