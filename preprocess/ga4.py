@@ -420,26 +420,45 @@ def pack_events(rows: Sequence[tuple]) -> Ga4Columns:
     return ([visitor for visitor, _ in rows], *([event[i] for _, event in rows] for i in range(6)))
 
 
-# The GA4 export fields the Arrow block parser reads; INT64s as JSON numbers only (a string
-# INT64, as BigQuery's own NDJSON export writes them, makes Arrow refuse the block, and the
-# per-line reader takes it).
-_ARROW_VALUE = pa.struct([("string_value", pa.string()), ("int_value", pa.int64())])
+# The GA4 export fields the Arrow block parser reads. INT64s are JSON numbers in some exports
+# and strings in BigQuery's own NDJSON export: a block is read with one of the two forms (the
+# first line decides), and a block that mixes them is refused by Arrow and read line by line.
 _ARROW_READ = pa_json.ReadOptions(use_threads=False, block_size=64 << 20)  # one DoFn, one core
 ARROW_ITEM_SOURCES = ("page_location", "page_title")  # and event_param:KEY; the rest: per line
 _SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")  # \uD800-\uDFFF (a pair or a lone one)
+_TEXT_INT64 = re.compile(rb'"event_timestamp"\s*:\s*"')  # a first line with INT64s as strings
+# INT64 text taken on columns: what ``parse_int64`` reads the same way and Arrow's cast cannot get
+# wrong (no spaces or "+", at most 18 digits); any other text sends the block line by line.
+_SAFE_INT64_TEXT = r"^-?[0-9]{1,18}$"
 
 
-def arrow_parse_options(user_field: str) -> pa_json.ParseOptions:
+class _Doubt(Exception):
+    """Raised inside the Arrow path when the per-line reader has to decide the block."""
+
+
+def arrow_parse_options(user_field: str, int64: pa.DataType = pa.int64()) -> pa_json.ParseOptions:
     """Arrow's JSON options for one GA4 block: the fields ``ParseGa4EventFn`` reads, typed as
-    the export types them, everything else ignored."""
+    the export types them (INT64s as ``int64``: JSON numbers, or ``string``: their text),
+    everything else ignored."""
+    value = pa.struct([("string_value", pa.string()), ("int_value", int64)])
     return pa_json.ParseOptions(
         explicit_schema=pa.schema([
-            ("event_date", pa.string()), ("event_timestamp", pa.int64()), ("event_name", pa.string()),
+            ("event_date", pa.string()), ("event_timestamp", int64), ("event_name", pa.string()),
             (user_field, pa.string()),
-            ("event_params", pa.list_(pa.struct([("key", pa.string()), ("value", _ARROW_VALUE)]))),
+            ("event_params", pa.list_(pa.struct([("key", pa.string()), ("value", value)]))),
         ]),
         unexpected_field_behavior="ignore",
     )
+
+
+def _as_int64(values: pa.Array) -> pa.Array:
+    """An INT64 column as ``int64``: as it is, or from text that ``_SAFE_INT64_TEXT`` matches
+    (``parse_int64``'s value for it); other text raises ``_Doubt``."""
+    if values.type == pa.int64():
+        return values
+    if not pc.all(pc.fill_null(pc.match_substring_regex(values, _SAFE_INT64_TEXT), True)).as_py():
+        raise _Doubt("INT64 text")
+    return pc.cast(values, pa.int64())
 
 
 def _param_entries(params: pa.ListArray, key: str) -> tuple[np.ndarray, pa.Array, pa.Array]:
@@ -450,7 +469,7 @@ def _param_entries(params: pa.ListArray, key: str) -> tuple[np.ndarray, pa.Array
     mine = pc.fill_null(pc.equal(flat.field("key"), key), False)
     value = flat.field("value").filter(mine)
     fields = value.flatten()  # the struct's own nulls carried into its fields
-    return owner[mine.to_numpy(zero_copy_only=False)], fields[0], fields[1]
+    return owner[mine.to_numpy(zero_copy_only=False)], fields[0], _as_int64(fields[1])
 
 
 def _int_param_max(params: pa.ListArray, key: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -491,6 +510,7 @@ class ParseGa4EventBlockBucketsFn(beam.DoFn):
         self.buckets = buckets
         self.use_arrow = use_arrow  # False: every block line by line (the reference, in tests)
         self.arrow_options = arrow_parse_options(parse.user_field)
+        self.arrow_text_options = arrow_parse_options(parse.user_field, pa.string())
 
     def process(self, lines: list) -> Iterable:
         bucketed = self.arrow_columns(lines) if self.use_arrow else None
@@ -518,9 +538,11 @@ class ParseGa4EventBlockBucketsFn(beam.DoFn):
         """The block's ``(bucket, Ga4Columns)`` from Arrow's JSON reader, or None when any line
         needs the per-line path.
 
-        Arrow refuses what ``json`` and the per-line checks would read otherwise: an INT64 as
-        text, a fraction or exponent, one out of range, a key given twice in a typed object,
-        a raw control character, a non-object line, a lone surrogate. Checked here: UTF-8
+        Arrow refuses what ``json`` and the per-line checks would read otherwise: an INT64 in
+        the other form than the first line's (number or text), a fraction or exponent, one
+        out of range, a key given twice in a typed object, a raw control character, a
+        non-object line, a lone surrogate; INT64 text other than plain digits is refused
+        here (``_as_int64``). Checked here: UTF-8
         (Arrow passes bad bytes through), escaped surrogates, two objects on one line, a null
         ``event_params`` entry (malformed_event), and on the rows that reach each check, the
         visitor, the timestamp, the engagement time and the item through ``ids.clean_id``. A
@@ -538,10 +560,19 @@ class ParseGa4EventBlockBucketsFn(beam.DoFn):
             return None
         if _SURROGATE_ESCAPE.search(data):  # json keeps a lone one as it is; leave pairs to it too
             return None
+        options = self.arrow_text_options if _TEXT_INT64.search(lines[0]) else self.arrow_options
         try:
-            table = pa_json.read_json(io.BytesIO(data), read_options=_ARROW_READ, parse_options=self.arrow_options)
-        except Exception:  # any refusal: the per-line path says why
+            table = pa_json.read_json(io.BytesIO(data), read_options=_ARROW_READ, parse_options=options)
+        except Exception:  # any refusal of Arrow's: the per-line path says why
             return None
+        try:
+            return self.table_columns(table, lines, key)
+        except _Doubt:
+            return None
+
+    def table_columns(self, table: pa.Table, lines: list, key: str) -> Optional[list]:
+        """``arrow_columns`` once Arrow has read the block into ``table``."""
+        parse = self.parse
         n = table.num_rows
         if n == 0 or n != sum(map(bool, map(bytes.strip, lines))):  # two objects on a line, say
             return None
@@ -568,7 +599,7 @@ class ParseGa4EventBlockBucketsFn(beam.DoFn):
         session, has_session = _int_param_max(params, "ga_session_id", n)
         no_session = int((kept & ~has_session).sum())
         kept &= has_session
-        times = table["event_timestamp"].combine_chunks()
+        times = _as_int64(table["event_timestamp"].combine_chunks())
         time = pc.fill_null(times, -1).to_numpy(zero_copy_only=False).astype(np.int64)
         if (time[kept] < 0).any():
             return None  # invalid_time

@@ -91,6 +91,22 @@ def clean_events(seed: int = 3, negative_engagement: bool = True) -> list[bytes]
     return lines
 
 
+def as_text_int64(lines: list[bytes]) -> list[bytes]:
+    """The events with every INT64 written as a string, as BigQuery's NDJSON export does."""
+    out = []
+    for line in lines:
+        if not line.strip():
+            out.append(line)
+            continue
+        event = json.loads(line)
+        event["event_timestamp"] = str(event["event_timestamp"])
+        for entry in event.get("event_params") or ():
+            if isinstance(entry.get("value"), dict) and entry["value"].get("int_value") is not None:
+                entry["value"]["int_value"] = str(entry["value"]["int_value"])
+        out.append(json.dumps(event).encode())
+    return out
+
+
 def per_line(fn: ga4.ParseGa4EventBlockBucketsFn, lines: list) -> list:
     reference = ga4.ParseGa4EventBlockBucketsFn(fn.parse, fn.buckets, use_arrow=False)
     return sorted(map(repr, reference.process(lines)))
@@ -116,7 +132,8 @@ def check_blocks(lines: list, item_source: str, duration: str, user_field: str =
 @pytest.mark.parametrize("item_source", SOURCES)
 def test_arrow_blocks_equal_the_per_line_reader_on_generated_events(item_source, duration):
     lines = clean_events()
-    taken = sum(check_blocks(lines, item_source, duration, user_field, names, size)
+    taken = sum(check_blocks(events, item_source, duration, user_field, names, size)
+                for events in (lines, as_text_int64(lines))
                 for user_field in ga4.USER_FIELDS for names in ((), ("page_view", "scroll"))
                 for size in (1, 37, 200, len(lines)))
     if ga4.ParseGa4EventBlockBucketsFn(ga4.ParseGa4EventFn(item_source, duration, "user_id", ()), 1).item_key():
@@ -129,9 +146,10 @@ def test_arrow_blocks_equal_the_per_line_reader_on_generated_events(item_source,
 @pytest.mark.parametrize("duration", ga4.DURATIONS)
 def test_arrow_blocks_equal_the_per_line_reader_on_real_rows(duration):
     lines = sources.block_lines(open(REAL_ROWS, "rb").read())
-    for item_source in ("page_location", "page_title", "event_param:ga_session_number", "event_param:page_title"):
-        for size in (50, len(lines)):
-            assert check_blocks(lines, item_source, duration, block_lines=size) >= 1, item_source
+    for events in (lines, as_text_int64(lines)):
+        for item_source in ("page_location", "page_title", "event_param:ga_session_number", "event_param:page_title"):
+            for size in (50, len(lines)):
+                assert check_blocks(events, item_source, duration, block_lines=size) >= 1, item_source
 
 
 def test_arrow_blocks_equal_the_per_line_reader_on_the_bundled_sample(tmp_path):
@@ -160,6 +178,9 @@ CLEAN = json.dumps({"event_timestamp": 5, "event_name": "page_view", "user_pseud
     CLEAN.replace(b'"event_params": [', b'"event_params": [null, '), CLEAN.replace(b'"event_name": "page_view"', b'"event_name": 3'),
     CLEAN.replace(b'"event_date": "20240101"', b'"event_date": 20240101'), b"[1]", b"3", b'"text"', b"{}{}",
     CLEAN.replace(b'"event_params": [', b'"event_params": {"a": ['),
+    as_text_int64([CLEAN])[0],  # a block that mixes numbers and text
+    as_text_int64([CLEAN])[0].replace(b'"5"', b'" 5"'), as_text_int64([CLEAN])[0].replace(b'"5"', b'"+5"'),
+    as_text_int64([CLEAN])[0].replace(b'"5"', b'"5x"'), as_text_int64([CLEAN])[0].replace(b'"5"', b'"1234567890123456789"'),
 ])
 def test_any_doubt_sends_the_block_line_by_line(odd):
     fn = ga4.ParseGa4EventBlockBucketsFn(ga4.ParseGa4EventFn("event_param:article_id", "engagement_time",
@@ -172,6 +193,12 @@ def test_any_doubt_sends_the_block_line_by_line(odd):
         odd_is_json = False
     got = fn.arrow_columns([CLEAN, odd, CLEAN])
     assert got is None or (odd_is_json and sorted(map(repr, got)) == per_line(fn, [CLEAN, odd, CLEAN])), odd
+    text = as_text_int64([CLEAN])[0]  # the same with INT64s as text (the first line decides the form)
+    assert fn.arrow_columns([text, text]) is not None
+    if odd.startswith(b"{") and b'"event_timestamp": 5' in odd:
+        odd = as_text_int64([CLEAN])[0] if odd == CLEAN else odd
+    got = fn.arrow_columns([text, odd, text])
+    assert got is None or (odd_is_json and sorted(map(repr, got)) == per_line(fn, [text, odd, text])), odd
 
 
 def pipeline_outputs(path: str, item_source: str, duration: str, use_arrow: bool, tmp_path, block_bytes: int) -> dict:
