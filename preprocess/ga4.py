@@ -25,6 +25,10 @@ numbers or strings (BigQuery's own NDJSON export writes strings). Events without
 session or valid timestamp, with a non-numeric or negative engagement time (``engagement_time``
 only), or malformed are counted (``preprocess:dropped_<reason>``) and, where malformed,
 dead-lettered.
+
+The pipeline reads blocks of lines (``ReadGa4EventsInBlocks``): a clean block is parsed by
+Arrow's JSON reader, its rows made on columns; any doubt sends the block through
+``ParseGa4EventFn`` line by line, the reference for every value, drop and dead letter.
 """
 from __future__ import annotations
 
