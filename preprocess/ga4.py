@@ -478,7 +478,8 @@ def _param_entries(params: pa.ListArray, key: str) -> tuple[np.ndarray, pa.Array
 
 def _int_param_max(params: pa.ListArray, key: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``int_param`` on columns: ``(MAX of the key's int_values per event, whether it has one)``.
-    Arrow has typed every int_value as an INT64 already, so none is ``invalid``."""
+    Every int_value is an INT64 here (typed by Arrow, or plain-digit text by ``_as_int64``), so
+    none is ``invalid``."""
     owner, _, ints = _param_entries(params, key)
     valid = ints.is_valid().to_numpy(zero_copy_only=False)
     owner = owner[valid]
