@@ -96,11 +96,6 @@ class SweepPlan:
     def devices(self) -> list[str]:
         return [p.device for p in self.parts]
 
-    @property
-    def primary(self) -> str:
-        """Where the factors and the assembled result live."""
-        return self.parts[0].device
-
     def device_of(self, batch: Batch) -> str:
         return self.parts[batch.part].device
 

@@ -505,16 +505,16 @@ def compute_loss(
             return kern["loss"](u_on[d], v_on[d], rows, idx, extra, wa)
 
     terms = _run_batches(plan, term, batches_in_flight, None, "loss")
-    obs = 0.0
-    for t in terms:
-        obs += float(t.numpy())
     with tf.device(u.device):
+        obs = tf.constant(0.0, tf.float64)
+        for t in terms:  # in batch order (deterministic); one host read, not one per batch
+            obs += t
         full = w0 * tf.reduce_sum(
             tf.linalg.matmul(u64, u64, transpose_a=True)
             * tf.linalg.matmul(v64, v64, transpose_a=True)
         )
         reg = regularization * float((tf.reduce_sum(u64 * u64) + tf.reduce_sum(v64 * v64)).numpy())
-    unreg = plan.sum_waa + obs + float(full.numpy())
+    unreg = plan.sum_waa + float(obs.numpy()) + float(full.numpy())
     sum_w = w0 * float(plan.nrows) * float(plan.ncols) + plan.sum_extra
     rwse = float(np.sqrt(max(unreg, 0.0) / sum_w)) if sum_w > 0 else float("nan")
     return {
