@@ -3,8 +3,8 @@
 ``pip install .`` installs the pipeline's dependencies (Beam, tf.Transform, TensorFlow): this
 is what Dataflow workers install from ``--setup_file``. ``pip install .[test]`` adds the test
 tools. For a lean trainer-only package (a Vertex AI job on a prebuilt TensorFlow image),
-build with ``GA_RECS_TRAINER_ONLY=1 python setup.py sdist``: it then requires nothing the
-image does not already have.
+build with ``GA_RECS_TRAINER_ONLY=1 python setup.py sdist``: it then requires NumPy and Numba
+besides the image's TensorFlow.
 """
 import os
 
@@ -18,8 +18,11 @@ PIPELINE_REQUIRES = [
     "numpy>=1.26,<3",
     "pyarrow>=14",
     "orjson>=3.9",  # the line readers' JSON decoder (json stays the fallback and the reference)
+    "numba>=0.60",  # the trainer's CPU backend (trainer/cpu_cg.py)
 ]
-TRAINER_REQUIRES = ["numpy>=1.26,<3"]  # plus TensorFlow, which the training image provides
+# plus TensorFlow, which the training image provides; numba: the CPU backend (without it the
+# trainer runs its TensorFlow kernels on the CPU too)
+TRAINER_REQUIRES = ["numpy>=1.26,<3", "numba>=0.60"]
 TEST_REQUIRES = ["pytest==8.*", "pandas>=2.2", "duckdb==2.0.0"]
 # benchmarks/: the peer library, plots, memory polling (pip install -e ".[test,bench]").
 BENCH_REQUIRES = ["implicit==0.7.3", "scipy>=1.11", "matplotlib==3.11.2", "psutil==7.2.2"]

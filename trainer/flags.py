@@ -22,7 +22,7 @@ BATCH_PRED_USERS = "batch_pred_users.txt"
 MODEL_FLAGS = (
     "num_epochs", "n_embeds", "regularization", "unobserved_weight", "objective", "alpha",
     "confidence", "epsilon", "col_weights", "col_weight_factor", "col_weight_exp", "solver",
-    "cg_steps", "batch_size", "seed", "dtype", "training_loss",
+    "cg_steps", "backend", "batch_size", "seed", "dtype", "training_loss",
 )
 _RENAMED = {
     "num_epochs": "iterations", "n_embeds": "factors", "seed": "random_state",
@@ -84,7 +84,10 @@ def _solver(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     g = p.add_argument_group("solver")
     g.add_argument("--solver", choices=CHOICES["solver"], default=d.solver,
-                   help="exact batched Cholesky, or warm-started conjugate gradient")
+                   help="warm-started conjugate gradient (cg_steps per half-sweep), or exact batched Cholesky")
+    g.add_argument("--backend", choices=CHOICES["backend"], default=d.backend,
+                   help="auto: Numba's compiled CG loop on a CPU-only machine with --solver cg, "
+                        "else TensorFlow (GPUs, the Cholesky solver)")
     g.add_argument("--cg_steps", type=int, default=d.cg_steps, help="CG iterations per half-sweep (solver cg)")
     g.add_argument("--batch_size", type=int, default=d.batch_size, help="max rows per solve batch and per top-k block")
     g.add_argument("--seed", type=int, default=d.random_state, help="seed of the initial factors")

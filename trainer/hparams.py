@@ -20,6 +20,7 @@ Objective = Literal["implicit", "wals"]
 Confidence = Literal["linear", "log"]
 ColWeights = Literal["uniform", "inverse_linear", "inverse_power"]
 Solver = Literal["cholesky", "cg"]
+Backend = Literal["auto", "tensorflow", "numba"]
 DType = Literal["float32", "float64"]
 
 
@@ -39,8 +40,9 @@ class Defaults:
     col_weights: ColWeights = "uniform"
     col_weight_factor: float = 130.0
     col_weight_exp: float = 0.08
-    solver: Solver = "cholesky"
+    solver: Solver = "cg"
     cg_steps: int = 3
+    backend: Backend = "auto"
     batch_size: int = 4096
     dtype: DType = "float32"
     random_state: int = 0
@@ -68,6 +70,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "confidence": ("linear", "log"),
     "col_weights": ("uniform", "inverse_linear", "inverse_power"),
     "solver": ("cholesky", "cg"),
+    "backend": ("auto", "tensorflow", "numba"),
     "dtype": ("float32", "float64"),
 }
 # may be None: the default is decided later (by the device, trainer.device)
@@ -138,7 +141,7 @@ def validate(**values: Any) -> None:
         ``batch_size``, ``max_batch_floats`` ≥ 1; ``random_state`` ≥ 0), finite numbers
         (``regularization``, ``epsilon`` > 0; ``unobserved_weight``, ``alpha``,
         ``col_weight_factor`` ≥ 0; any ``col_weight_exp``), one of the choices
-        (``objective``, ``confidence``, ``col_weights``, ``solver``, ``dtype``), and
+        (``objective``, ``confidence``, ``col_weights``, ``solver``, ``backend``, ``dtype``), and
         ``col_weights`` other than ``"uniform"`` only with ``objective="wals"``.
     TypeError
         An unknown name.

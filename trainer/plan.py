@@ -284,7 +284,7 @@ def _build(
     )
 
 
-def _loss_sums(
+def loss_sums(
     user_items: CSR, weighting: wts.Weighting, row_weights: np.ndarray, col_weights: np.ndarray
 ) -> tuple[float, float]:
     """``Σ_Ω W A²`` and ``Σ_Ω (W − w0)`` in float64, a chunk of rows at a time; raises what
@@ -327,7 +327,7 @@ def build_plans(
     ``user_items``'s entries (no transposed copy). ``row_weights`` / ``col_weights`` are
     ``ρ`` (per user) and ``γ`` (per item)."""
     nusers, nitems = user_items.shape
-    sums = _loss_sums(user_items, weighting, row_weights, col_weights)
+    sums = loss_sums(user_items, weighting, row_weights, col_weights)
     common = (weighting, k, batch_size, max_batch_floats, dtype, devices)
     uv = user_items.values
 

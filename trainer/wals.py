@@ -109,11 +109,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from trainer import cpu_cg
 from trainer import device as device_policy
 from trainer import weights as wts
 from trainer.errors import TrainerInputError
-from trainer.hparams import DEFAULTS, DType, Objective, Confidence, ColWeights, Solver, validate
-from trainer.plan import SweepPlan, block_signature, build_plans, expand_block
+from trainer.hparams import (
+    DEFAULTS, Backend, ColWeights, Confidence, DType, HyperparameterError, Objective, Solver,
+    validate,
+)
+from trainer.plan import SweepPlan, block_signature, build_plans, expand_block, loss_sums
 from trainer.recommend import top_k
 from trainer.sparse import CSR
 
@@ -515,7 +519,24 @@ def compute_loss(
         )
         reg = regularization * float((tf.reduce_sum(u64 * u64) + tf.reduce_sum(v64 * v64)).numpy())
     unreg = plan.sum_waa + float(obs.numpy()) + float(full.numpy())
-    sum_w = w0 * float(plan.nrows) * float(plan.ncols) + plan.sum_extra
+    return _loss_dict(unreg, reg, w0 * float(plan.nrows) * float(plan.ncols) + plan.sum_extra)
+
+
+def loss_terms(
+    u: np.ndarray, v: np.ndarray, observed: float, sums: tuple[float, float], w0: float,
+    regularization: float,
+) -> dict:
+    """:func:`compute_loss` from NumPy factors, given ``observed`` (``Σ_Ω (W − w0) p² −
+    2 Σ_Ω W A p``, e.g. :func:`trainer.cpu_cg.observed_loss`) and ``sums`` (``Σ_Ω W A²``,
+    ``Σ_Ω (W − w0)``: :func:`trainer.plan.loss_sums`); the rest in float64 here."""
+    u64, v64 = u.astype(np.float64), v.astype(np.float64)
+    full = w0 * float(np.sum((u64.T @ u64) * (v64.T @ v64)))
+    reg = regularization * float(np.sum(u64 * u64) + np.sum(v64 * v64))
+    unreg = sums[0] + observed + full
+    return _loss_dict(unreg, reg, w0 * float(u.shape[0]) * float(v.shape[0]) + sums[1])
+
+
+def _loss_dict(unreg: float, reg: float, sum_w: float) -> dict:
     rwse = float(np.sqrt(max(unreg, 0.0) / sum_w)) if sum_w > 0 else float("nan")
     return {
         "loss": unreg + reg,
@@ -567,11 +588,18 @@ class WALSModel:
         ``n_j ** -col_weight_exp``.
     col_weight_factor, col_weight_exp : float
         Parameters of the two popularity weights.
-    solver : {"cholesky", "cg"}
-        Exact batched Cholesky, or ``cg_steps`` warm-started conjugate-gradient steps per
-        half-sweep.
+    solver : {"cg", "cholesky"}
+        ``cg_steps`` warm-started conjugate-gradient steps per row and half-sweep (the
+        default, as in ``implicit``), or the exact batched Cholesky solve.
     cg_steps : int
         CG steps per half-sweep (≥ 1).
+    backend : {"auto", "tensorflow", "numba"}
+        Who runs the half-sweeps. ``"numba"``: the CG loop of :mod:`trainer.cpu_cg`, compiled
+        by Numba, on the CPU (``solver="cg"`` only); ``"tensorflow"``: the batched kernels of
+        this module on :attr:`devices` (GPUs, several devices, both solvers). ``"auto"``:
+        ``"numba"`` when the solver is CG, the only device is the CPU and Numba is installed,
+        else ``"tensorflow"`` (:meth:`backend_in_use`). Both solve the same equations; their
+        factors agree to rounding.
     batch_size : int
         Rows per solve batch at most (≥ 1).
     dtype : {"float32", "float64"}
@@ -615,6 +643,7 @@ class WALSModel:
         calculate_training_loss: bool = DEFAULTS.calculate_training_loss,
         device: str | Sequence[str] | None = None,
         max_batch_floats: int | None = None,
+        backend: Backend = DEFAULTS.backend,
     ) -> None:
         validate(
             factors=factors, regularization=regularization, alpha=alpha, iterations=iterations,
@@ -622,7 +651,7 @@ class WALSModel:
             epsilon=epsilon, col_weights=col_weights, col_weight_factor=col_weight_factor,
             col_weight_exp=col_weight_exp, solver=solver, cg_steps=cg_steps,
             batch_size=batch_size, dtype=dtype, random_state=random_state,
-            calculate_training_loss=calculate_training_loss, device=device,
+            calculate_training_loss=calculate_training_loss, device=device, backend=backend,
             max_batch_floats=max_batch_floats,
         )
         # W and A are defined by these (trainer.weights); an internal detail of the model
@@ -642,6 +671,7 @@ class WALSModel:
         self.calculate_training_loss = calculate_training_loss
         self.device = device if device is None or isinstance(device, str) else list(device)
         self._max_batch_floats = None if max_batch_floats is None else int(max_batch_floats)
+        self.backend: Backend = backend
         self.user_factors: np.ndarray | None = None
         self.item_factors: np.ndarray | None = None
         self.row_weights: np.ndarray | None = None
@@ -669,6 +699,7 @@ class WALSModel:
             **self.weighting.to_dict(),
             "solver": self.solver,
             "cg_steps": self.cg_steps,
+            "backend": self.backend_in_use(),
             "batch_size": self.batch_size,
             "max_batch_floats": self.max_batch_floats,
             "dtype": self.dtype,
@@ -683,6 +714,29 @@ class WALSModel:
 
     def _device(self) -> str:
         return self.devices()[0]
+
+    def backend_in_use(self) -> str:
+        """``"numba"`` or ``"tensorflow"``: :attr:`backend` resolved as its doc says.
+
+        Raises
+        ------
+        HyperparameterError
+            ``backend="numba"`` with the Cholesky solver, a non-CPU device or no Numba.
+        """
+        devices = self.devices()
+        cpu_only = len(devices) == 1 and not device_policy.is_gpu(devices[0])
+        if self.backend == "tensorflow":
+            return "tensorflow"
+        if self.backend == "auto":
+            return "numba" if self.solver == "cg" and cpu_only and cpu_cg.available() else "tensorflow"
+        if self.solver != "cg":
+            raise HyperparameterError("backend", "'numba' runs solver='cg' only", self.backend)
+        if not cpu_only:
+            raise HyperparameterError("backend", f"'numba' runs on the CPU only, not {devices}",
+                                      self.backend)
+        if not cpu_cg.available():
+            raise HyperparameterError("backend", "'numba' needs the numba package", self.backend)
+        return "numba"
 
     def initial_factors(self, nusers: int, nitems: int) -> tuple[np.ndarray, np.ndarray]:
         """Seeded N(0, 0.1²/k) initial factors (``V`` is what the first row half-sweep uses;
@@ -706,6 +760,21 @@ class WALSModel:
         stored by compressed rows, such as ``scipy.sparse.csr_matrix``
         (:meth:`~trainer.sparse.CSR.from_compressed_rows`)."""
         tf = _tf()
+        user_items, item_users, row_weights, col_weights = self._inputs(
+            user_items, item_users, row_weights, col_weights)
+        args = (self.factors, self.batch_size, self.max_batch_floats, tf.as_dtype(self.dtype),
+                self.devices())
+        user_plan, item_plan = build_plans(
+            user_items, item_users, self.weighting, row_weights,
+            col_weights, *args)
+        self.user_items = user_items
+        return user_plan, item_plan
+
+    def _inputs(
+        self, user_items: CSR, item_users: CSR | None, row_weights: np.ndarray | None,
+        col_weights: np.ndarray | None,
+    ) -> tuple[CSR, CSR | None, np.ndarray, np.ndarray]:
+        """The checked matrices and ``ρ`` / ``γ`` (float64), kept on the model."""
         user_items = CSR.from_compressed_rows(user_items, "user_items")
         if item_users is not None:
             item_users = CSR.from_compressed_rows(item_users, "item_users")
@@ -720,13 +789,7 @@ class WALSModel:
         if row_weights.shape != (nusers,) or col_weights.shape != (nitems,):
             raise TrainerInputError("row_weights/col_weights must have nusers/nitems entries")
         self.row_weights, self.col_weights = row_weights, col_weights
-        args = (self.factors, self.batch_size, self.max_batch_floats, tf.as_dtype(self.dtype),
-                self.devices())
-        user_plan, item_plan = build_plans(
-            user_items, item_users, self.weighting, row_weights,
-            col_weights, *args)
-        self.user_items = user_items
-        return user_plan, item_plan
+        return user_items, item_users, row_weights, col_weights
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -770,6 +833,9 @@ class WALSModel:
             CPU for a fixed ``random_state``, so resuming from a saved state gives the same
             factors.
         """
+        if self.backend_in_use() == "numba":
+            return self._fit_numba(user_items, item_users, row_weights, col_weights, state,
+                                   callback, progress)
         tf = _tf()
         user_plan, item_plan = self.prepare(user_items, item_users, row_weights, col_weights)
         state = self._start(state, *user_items.shape)
@@ -789,6 +855,53 @@ class WALSModel:
                     break
             self.user_factors = np.asarray(u.numpy(), np.float32)  # .numpy() copies already
             self.item_factors = np.asarray(v.numpy(), np.float32)
+        self.history = list(state.history)
+        return self
+
+    def _fit_numba(
+        self, user_items: CSR, item_users: CSR | None, row_weights: np.ndarray | None,
+        col_weights: np.ndarray | None, state: TrainingState | None,
+        callback: Callable[[TrainingState], bool | None] | None, progress: ProgressFn | None,
+    ) -> "WALSModel":
+        """:meth:`fit` on the Numba backend (:mod:`trainer.cpu_cg`): the same sweeps, states,
+        history and callbacks; the factors are NumPy arrays updated in place."""
+        user_items, _, row_weights, col_weights = self._inputs(
+            user_items, item_users, row_weights, col_weights)
+        self.user_items = user_items
+        sums = loss_sums(user_items, self.weighting, row_weights, col_weights)  # validates too
+        users, items = cpu_cg.orientations(user_items, row_weights, col_weights, self.dtype)
+        state = self._start(state, *user_items.shape)
+        u = np.array(state.user_factors, dtype=self.dtype, order="C")  # a copy: updated in place
+        v = np.array(state.item_factors, dtype=self.dtype, order="C")
+        w0, lam = self.weighting.w0, self.regularization
+        for sweep in range(state.sweeps_done + 1, self.iterations + 1):
+            stage = f"sweep {sweep}/{self.iterations}"
+            t0 = time.perf_counter()
+            for fixed, x, data, side in ((v, u, users, "users"), (u, v, items, "items")):
+                cpu_cg.cg_half_sweep(fixed, x, data, self.weighting, lam, self.cg_steps)
+                if progress is not None:
+                    progress(f"{stage} {side}", 1, 1)
+            seconds = time.perf_counter() - t0
+            entry: dict[str, Any] = {"sweep": sweep, "seconds": seconds}
+            if self.calculate_training_loss:
+                obs = cpu_cg.observed_loss(u, v, users, self.weighting)
+                entry.update(loss_terms(u, v, obs, sums, w0, lam))
+                if not np.isfinite(entry["loss"]):
+                    raise FloatingPointError(f"loss became {entry['loss']} at sweep {sweep}")
+            elif not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
+                raise FloatingPointError(f"the factors became NaN/inf at sweep {sweep}")
+            history = [*state.history, entry]
+            self.history = history
+            if callback is None:
+                state = TrainingState(sweep, None, None, history)
+                continue
+            state = TrainingState(sweep, u.copy(), v.copy(), history)
+            self.user_factors, self.item_factors = state.user_factors, state.item_factors
+            if callback(state):
+                break
+        # float32 factors are returned as they are (no second copy)
+        self.user_factors = u if u.dtype == np.float32 else u.astype(np.float32)
+        self.item_factors = v if v.dtype == np.float32 else v.astype(np.float32)
         self.history = list(state.history)
         return self
 
