@@ -702,7 +702,8 @@ def test_image_contents_run_the_trainer_without_beam(tmp_path):
                     "-w", str(wheels), str(ctx)], check=True, capture_output=True, timeout=180,
                    env=dict(os.environ, GA_RECS_TRAINER_ONLY="1"))
     (wheel,) = wheels.glob("*.whl")
-    assert [r.split()[1] for r in _lean_requirements(wheel)] == ["numpy<3,>=1.26"]
+    # NumPy, and Numba for the CPU backend (trainer/cpu_cg.py): nothing of Beam or tf.Transform
+    assert [r.split()[1] for r in _lean_requirements(wheel)] == ["numpy<3,>=1.26", "numba>=0.60"]
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
                     str(wheel)], check=True, capture_output=True, timeout=180)

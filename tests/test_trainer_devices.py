@@ -32,7 +32,7 @@ _SCRIPT = textwrap.dedent(
         fits = {}
         for name, devices in (("one", "/CPU:0"), ("three", ["/CPU:0", "/CPU:1", "/CPU:2"])):
             model = WALSModel(factors=24, regularization=0.5, iterations=3, solver=solver,
-                              max_batch_floats=4000, device=devices)
+                              max_batch_floats=4000, device=devices, backend="tensorflow")
             fits[name] = model.fit(m)
             if name == "three":
                 plan, _ = model.prepare(m)

@@ -44,7 +44,8 @@ import numpy as np
 from trainer import weights as wts
 from trainer.sparse import CSR
 
-# reassociation lets LLVM vectorise the dot products; NaN/inf stay IEEE (no nnan/ninf)
+# reassociation lets LLVM vectorise the dot products (in an order fixed at compile time: see
+# ``dot``); fused multiply-add; NaN/inf stay IEEE (no nnan/ninf)
 _FASTMATH = {"reassoc", "contract"}
 # ranges per thread: enough that one slow range does not leave a core idle at the end
 _RANGES_PER_THREAD = 8
@@ -188,6 +189,16 @@ def _define() -> dict:
     jit = njit(nogil=True, cache=True, fastmath=_FASTMATH)
 
     @jit
+    def dot(x, y, k, zero):
+        """``x·y``. Only ever a loop of loads: a loop that also stores gets a run-time
+        overlap test from the vectoriser, and its scalar fallback (taken or not depending on
+        where the arrays lie) would sum in another order."""
+        s = zero
+        for a in range(k):
+            s += x[a] * y[a]
+        return s
+
+    @jit
     def entry_weights(r, rho, gamma, wals, log_conf, alpha, epsilon, w0, zero):
         """``(W − w0, W·A)`` of one entry: :func:`trainer.weights.observed_tf`."""
         if wals:
@@ -225,45 +236,29 @@ def _define() -> dict:
                                            alpha, epsilon, w0, zero)
             # r = Σ_j v_j (c_j − e_j v_j·x) − B0 x
             for a in range(k):
-                s = zero
-                for b in range(k):
-                    s += base[a, b] * xi[b]
-                r[a] = -s
+                r[a] = -dot(base[a], xi, k, zero)
             for n in range(stop - start):
                 v = fixed[indices[start + n]]
-                d = zero
-                for a in range(k):
-                    d += v[a] * xi[a]
-                f = c[n] - e[n] * d
+                f = c[n] - e[n] * dot(v, xi, k, zero)
                 for a in range(k):
                     r[a] += f * v[a]
-            rs = zero
             for a in range(k):
                 p[a] = r[a]
-                rs += r[a] * r[a]
+            rs = dot(r, r, k, zero)
             for _ in range(steps):
                 for a in range(k):  # q = B0 p + Σ_j v_j e_j (v_j·p)
-                    s = zero
-                    for b in range(k):
-                        s += base[a, b] * p[b]
-                    q[a] = s
+                    q[a] = dot(base[a], p, k, zero)
                 for n in range(stop - start):
                     v = fixed[indices[start + n]]
-                    d = zero
-                    for a in range(k):
-                        d += v[a] * p[a]
-                    f = e[n] * d
+                    f = e[n] * dot(v, p, k, zero)
                     for a in range(k):
                         q[a] += f * v[a]
-                pq = zero
-                for a in range(k):
-                    pq += p[a] * q[a]
+                pq = dot(p, q, k, zero)
                 step = rs / pq if pq != zero else zero
-                rs_new = zero
                 for a in range(k):
                     xi[a] += step * p[a]
                     r[a] -= step * q[a]
-                    rs_new += r[a] * r[a]
+                rs_new = dot(r, r, k, zero)
                 beta = rs_new / rs if rs != zero else zero
                 for a in range(k):
                     p[a] = r[a] + beta * p[a]
