@@ -19,7 +19,7 @@ $PY -c "import tensorflow as tf; print(tf.config.list_physical_devices('GPU'))" 
 timeout 900 $PY -m pytest -q -x -p no:cacheprovider tests/test_trainer_wals.py tests/test_trainer_plan.py \
     tests/test_trainer_recommend.py tests/test_trainer_devices.py > "$OUT/tests.txt" 2>&1
 echo "tests exit $?" >> "$OUT/tests.txt"
-timeout 1200 $PY -m benchmarks.speed_vs_implicit --device gpu --ks 64 128 --pairs default cg \
+timeout 1200 $PY -m benchmarks.speed_vs_implicit --device gpu --ks 64 128 --pairs default exact \
     --check_scale 0 --out "$OUT/speed_vs_implicit_gpu.json" > "$OUT/speed.txt" 2>&1
 echo "speed exit $?" >> "$OUT/speed.txt"
 tail -5 "$OUT/tests.txt" "$OUT/speed.txt"

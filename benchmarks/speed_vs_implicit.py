@@ -25,11 +25,14 @@ computed by one NumPy float64 function (:func:`objective`) for both libraries' f
 
 Pairs (``--pairs``)
 -------------------
-* ``default``: each library as it comes — ours with its default solver
-  (:data:`trainer.hparams.DEFAULTS`, exact batched Cholesky / Woodbury) against ``implicit``'s
-  default, ``use_cg=True`` (3 warm-started conjugate-gradient steps).
-* ``cg``: our ``solver="cg"`` (3 steps, warm-started) against ``use_cg=True``.
-* ``exact``: our exact solver against ``use_cg=False`` (a per-row ``posv``).
+* ``default``: each library as it comes — ours with its defaults
+  (:data:`trainer.hparams.DEFAULTS`: 3 warm-started CG steps; on a CPU the Numba backend,
+  :mod:`trainer.cpu_cg`; on a GPU TensorFlow) against ``implicit``'s default, ``use_cg=True``
+  (3 warm-started conjugate-gradient steps).
+* ``tf_cg``: our CG on the TensorFlow backend (``backend="tensorflow"``, the batched kernels a
+  GPU runs) against ``use_cg=True``.
+* ``exact``: our exact solver (TensorFlow: batched Cholesky / Woodbury) against
+  ``use_cg=False`` (a per-row ``posv``).
 
 What is measured
 ----------------
@@ -50,7 +53,8 @@ the last sweep.
   JSON (``plan_bytes``), counted from the plan's tensors after the measurement.
 * Threads: ``implicit`` gets ``num_threads=--threads`` and one BLAS thread
   (``OPENBLAS_NUM_THREADS=1``, as implicit recommends: its own OpenMP loop is the parallelism);
-  TensorFlow gets ``--threads`` intra-op and inter-op threads. The load average before and
+  TensorFlow gets ``--threads`` intra-op and inter-op threads, the Numba backend ``--threads``
+  Python threads (the process's CPU affinity is set to ``--threads`` cores). The load average before and
   after every run is recorded: other jobs on a shared machine make single numbers noisy.
 
 Results: ``benchmarks/results/speed_vs_implicit.json`` (machine, versions, command, every raw
@@ -202,12 +206,14 @@ def _matrix(path: str) -> CSR:
     return _MATRICES[path]
 
 
-# pair name -> (ours run, implicit run); a run is (library, solver)
+# pair name -> (ours run, implicit run); a run is (library, solver); ours' "cg_tf" is
+# solver="cg" on backend="tensorflow", the other solvers run on the default backend
 PAIRS = {
     "default": (("ours", DEFAULTS.solver), ("implicit", "cg")),  # implicit's default: use_cg=True
-    "cg": (("ours", "cg"), ("implicit", "cg")),
+    "tf_cg": (("ours", "cg_tf"), ("implicit", "cg")),
     "exact": (("ours", "cholesky"), ("implicit", "cholesky")),
 }
+_OURS = {"cg_tf": ("cg", "tensorflow")}  # run name -> (solver, backend)
 
 
 def run_ours(spec: dict) -> dict:
@@ -218,10 +224,11 @@ def run_ours(spec: dict) -> dict:
     m = _matrix(spec["matrix"])
     # the library's defaults but for the compared hyperparameters (loss off: it is computed
     # below, by the same NumPy function for both libraries, outside the measured window)
+    solver, backend = _OURS.get(spec["solver"], (spec["solver"], DEFAULTS.backend))
     model = WALSModel(
         factors=spec["k"], regularization=spec["regularization"], objective="implicit",
-        alpha=spec["alpha"], confidence="linear", solver=spec["solver"], random_state=0,
-        iterations=spec["sweeps"],
+        alpha=spec["alpha"], confidence="linear", solver=solver, random_state=0,
+        iterations=spec["sweeps"], backend=backend,
     )
     # the runtime warmed up (functions traced, thread pools and kernels made) on a slice of
     # the matrix with the same settings, so that the memory above the baseline is this fit's
@@ -260,6 +267,7 @@ def run_ours(spec: dict) -> dict:
         "fit_wall_seconds": wall,
         **memory,
         "devices": model.devices(),
+        "backend": model.backend_in_use(),
         "objective": objective(m, model.user_factors, model.item_factors, spec["alpha"],
                                spec["regularization"]),
         "plan_bytes": _plan_bytes(model, m),
@@ -267,7 +275,18 @@ def run_ours(spec: dict) -> dict:
 
 
 def _plan_bytes(model: Any, m: CSR) -> dict:
-    """What the two sweep plans hold on the device (built again after the measurement)."""
+    """What the two sweep plans hold on the device (built again after the measurement); on
+    the Numba backend, the two orientations' arrays (the users × items one is the input CSR's
+    own ``indptr`` / ``indices`` / float32 ratings: ``new_bytes`` leaves it out)."""
+    if model.backend_in_use() == "numba":
+        from trainer import cpu_cg
+
+        users, items = cpu_cg.orientations(m, np.ones(m.shape[0]), np.ones(m.shape[1]),
+                                           model.dtype)
+        stored = users.nbytes + items.nbytes
+        new = stored - sum(a.nbytes for a in (m.indptr, m.indices, m.values))
+        return {"bytes": stored, "bytes_per_interaction": stored / m.nnz, "new_bytes": new,
+                "new_bytes_per_interaction": new / m.nnz}
     user_plan, item_plan = model.prepare(m)
     stored = user_plan.stored_bytes() + item_plan.stored_bytes()
     return {"bytes": stored, "bytes_per_interaction": stored / m.nnz,
@@ -376,6 +395,10 @@ def serve(lib: str, threads: int) -> None:
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
+        # the Numba backend runs one thread per core it may use (trainer.cpu_cg.cpu_threads)
+        cores = sorted(os.sched_getaffinity(0))
+        if threads < len(cores):
+            os.sched_setaffinity(0, cores[:threads])
         import trainer.wals  # noqa: F401
     else:
         import implicit.cpu.als  # noqa: F401
@@ -442,14 +465,15 @@ def plot(results: list[dict], ks: list[int], path: str, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     style = {("ours", "cg"): ("tab:blue", "-o"), ("implicit", "cg"): ("tab:orange", "-o"),
+             ("ours", "cg_tf"): ("tab:green", ":o"),
              ("ours", "cholesky"): ("tab:blue", "--s"), ("implicit", "cholesky"): ("tab:orange", "--s")}
     for (lib, solver), (color, fmt) in style.items():
         pts = [(r["k"], r["median_seconds_per_sweep"]) for r in results
                if r["lib"] == lib and r["solver"] == solver and "median_seconds_per_sweep" in r]
         if not pts:
             continue
-        label = f"{'WALSModel (TF)' if lib == 'ours' else 'implicit'} {solver}" + (
-            " (3 steps)" if solver == "cg" else " (exact)")
+        name = {"cg": "CG (3 steps)", "cg_tf": "CG on TensorFlow", "cholesky": "exact"}[solver]
+        label = f"{'WALSModel' if lib == 'ours' else 'implicit'} {name}"
         ax.plot([p[0] for p in pts], [p[1] for p in pts], fmt, color=color, label=label)
     ax.set_xlabel("k (factors)")
     ax.set_ylabel("seconds per sweep (median)")

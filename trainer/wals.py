@@ -24,6 +24,11 @@ why only the observed entries appear in the correction). A row with no observati
 since each half-sweep minimises ``L`` exactly over one block, ``L`` never increases (up to
 float rounding).
 
+Backends: this module's batched TensorFlow kernels (below) run on GPUs, on several devices
+and for both solvers; the default ``solver="cg"`` on a CPU-only machine runs instead in
+:mod:`trainer.cpu_cg`, a per-row loop compiled by Numba over the same equations
+(:meth:`WALSModel.backend_in_use`).
+
 Implementation (no Python loop over rows):
 
 * ``G`` is computed once per half-sweep; ``w0 G + λ I`` is shared by all rows.
