@@ -748,8 +748,18 @@ class WALSModel:
         ``U`` only seeds the CG warm start)."""
         rng = np.random.default_rng(self.random_state)
         scale = 0.1 / np.sqrt(self.factors)
-        v = (rng.standard_normal((nitems, self.factors)) * scale).astype(self.dtype)
-        u = (rng.standard_normal((nusers, self.factors)) * scale).astype(self.dtype)
+
+        def draw(n: int) -> np.ndarray:
+            # a block of rows at a time: the same stream as one draw of all of them, without
+            # a float64 copy of the whole matrix
+            out = np.empty((n, self.factors), self.dtype)
+            for start in range(0, n, 8192):
+                stop = min(n, start + 8192)
+                out[start:stop] = rng.standard_normal((stop - start, self.factors)) * scale
+            return out
+
+        v = draw(nitems)
+        u = draw(nusers)
         return u, v
 
     def prepare(
@@ -875,9 +885,11 @@ class WALSModel:
         self.user_items = user_items
         sums = loss_sums(user_items, self.weighting, row_weights, col_weights)  # validates too
         users, items = cpu_cg.orientations(user_items, row_weights, col_weights, self.dtype)
+        given = state is not None
         state = self._start(state, *user_items.shape)
-        u = np.array(state.user_factors, dtype=self.dtype, order="C")  # a copy: updated in place
-        v = np.array(state.item_factors, dtype=self.dtype, order="C")
+        # updated in place: a caller's state is copied, the fresh start is ours already
+        u = np.array(state.user_factors, dtype=self.dtype, order="C", copy=given or None)
+        v = np.array(state.item_factors, dtype=self.dtype, order="C", copy=given or None)
         w0, lam = self.weighting.w0, self.regularization
         for sweep in range(state.sweeps_done + 1, self.iterations + 1):
             stage = f"sweep {sweep}/{self.iterations}"
@@ -897,10 +909,11 @@ class WALSModel:
                 raise FloatingPointError(f"the factors became NaN/inf at sweep {sweep}")
             history = [*state.history, entry]
             self.history = history
+            # the last state's factors are let go before the next copy is made
+            state = TrainingState(sweep, None, None, history)
             if callback is None:
-                state = TrainingState(sweep, None, None, history)
                 continue
-            state = TrainingState(sweep, u.copy(), v.copy(), history)
+            state.user_factors, state.item_factors = u.copy(), v.copy()
             self.user_factors, self.item_factors = state.user_factors, state.item_factors
             if callback(state):
                 break
