@@ -125,6 +125,16 @@ def _ranges(indptr: np.ndarray, k: int, steps: int, parts: int) -> list[tuple[in
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
+def gram(fixed: np.ndarray, block: int = 8192) -> np.ndarray:
+    """``VᵀV`` in float64, a block of rows at a time (no float64 copy of ``V``)."""
+    k = fixed.shape[1]
+    out = np.zeros((k, k))
+    for start in range(0, fixed.shape[0], block):
+        part = fixed[start:start + block].astype(np.float64)
+        out += part.T @ part
+    return out
+
+
 def cg_half_sweep(
     fixed: np.ndarray,
     x: np.ndarray,
@@ -138,8 +148,7 @@ def cg_half_sweep(
     ``cg_steps`` CG steps per row given the other side's ``fixed`` factors."""
     k = _kernels()
     dt = x.dtype.type
-    base = (weighting.w0 * (fixed.T.astype(np.float64) @ fixed)
-            + regularization * np.eye(fixed.shape[1])).astype(x.dtype)
+    base = (weighting.w0 * gram(fixed) + regularization * np.eye(fixed.shape[1])).astype(x.dtype)
     threads = threads or cpu_threads()
     args = (data.indptr, data.indices, data.ratings, data.row_weights, data.col_weights,
             fixed, base, x, weighting.objective == "wals", weighting.confidence == "log",

@@ -54,7 +54,7 @@ Protocol
 
 Search strategy (deterministic given ``--seed``)
 ------------------------------------------------
-A seeded random search followed by local refinement, all from one
+A seeded space-filling design followed by model-based proposals, all from one
 ``numpy.random.default_rng(seed)``:
 
 * trial 0 is the library's defaults (:data:`trainer.hparams.DEFAULTS`), so the search never
@@ -64,8 +64,14 @@ A seeded random search followed by local refinement, all from one
   (implicit) or ``w0`` (wals) in :class:`SearchSpace`'s ranges, each range cut into as many
   strata as trials and each stratum used once; the objectives from ``--objectives`` dealt out
   evenly;
-* the remaining trials perturb the best trial so far (same objective): ``k · 2^N(0, 0.5²)``,
-  ``λ · e^N(0, 0.7²)``, ``α`` or ``w0`` ``· e^N(0, 0.7²)``, clipped to the ranges.
+* the remaining trials are proposed by a Gaussian process fitted to the trials so far, one
+  per objective, maximising expected improvement (:func:`model_config`,
+  :mod:`trainer.bayesopt`): the search follows the response surface, e.g. the ridge of large
+  ``k`` *with* large ``λ`` *and* large ``α`` on the GA export, which independent perturbations
+  of the best point rarely reached. Until an objective has :data:`MODEL_MIN_TRIALS` scored
+  trials (never with the default budget) a trial perturbs the best so far instead
+  (:func:`refine_config`): ``k · 2^N(0, 0.5²)``, ``λ · e^N(0, 0.7²)``, ``α`` or ``w0``
+  ``· e^N(0, 0.7²)``, clipped to the ranges.
 
 Values are rounded to 3 significant digits (``k`` to an integer), so the chosen flags print
 exactly. ``--seed`` also seeds every model's initial factors (the same ``--seed`` as
@@ -213,6 +219,59 @@ def refine_config(rng: np.random.Generator, space: SearchSpace, best: dict) -> d
     lam = _round(_clip(best["regularization"] * math.exp(rng.normal(0.0, 0.7)), lam_range))
     w = _round(_clip(best[wk] * math.exp(rng.normal(0.0, 0.7)), w_range))
     return {"objective": objective, "factors": k, "regularization": lam, wk: w}
+
+
+def unit_point(space: SearchSpace, config: dict) -> list[float]:
+    """The inverse of :func:`_config_at`: ``config``'s position in its objective's unit cube
+    (k, λ, α or w0 on their log-ranges)."""
+    lam_range, w_range = _ranges(space, config["objective"])
+
+    def pos(x: float, bounds: tuple[float, float]) -> float:
+        lo, hi = math.log(bounds[0]), math.log(bounds[1])
+        return (math.log(x) - lo) / (hi - lo)
+
+    return [pos(config["factors"], space.factors), pos(config["regularization"], lam_range),
+            pos(config[_weight_key(config["objective"])], w_range)]
+
+
+MODEL_MIN_TRIALS = 4  # scored trials of an objective before a GP models it
+
+
+def model_config(rng: np.random.Generator, space: SearchSpace, trials: Sequence[dict]) -> dict | None:
+    """The next configuration by expected improvement (:mod:`trainer.bayesopt`): per objective
+    with at least :data:`MODEL_MIN_TRIALS` scored trials, a Gaussian process over its unit cube
+    fitted to their values, EI over the best value of all trials evaluated on
+    :func:`trainer.bayesopt.candidates`; the candidate with the highest EI (in the metric's
+    units, so the objectives compare) that no trial has run yet. ``None`` when no objective
+    has enough trials."""
+    import numpy as np
+
+    from trainer import bayesopt
+
+    scored = [t for t in trials if t["value"] is not None]
+    if not scored:
+        return None
+    best = max(t["value"] for t in scored)
+    tried = [t["hyperparameters"] for t in trials]
+    options: list[tuple[float, dict]] = []
+    for objective in space.objectives:
+        own = [t for t in scored if t["hyperparameters"]["objective"] == objective]
+        if len(own) < MODEL_MIN_TRIALS:
+            continue
+        z = np.array([unit_point(space, t["hyperparameters"]) for t in own])
+        y = np.array([t["value"] for t in own])
+        gp = bayesopt.GaussianProcess.fit(z, y)
+        cand = bayesopt.candidates(rng, z, y)
+        mu, sd = gp.predict(cand)
+        ei = bayesopt.expected_improvement(mu, sd, gp.standardise(best)) * gp.scale
+        for i in np.argsort(-ei, kind="stable"):
+            config = _config_at(space, objective, cand[i])
+            if config not in tried:
+                options.append((float(ei[i]), config))
+                break
+    if not options:
+        return None
+    return max(options, key=lambda o: o[0])[1]
 
 
 # --------------------------------------------------------------------------- validation split
@@ -516,7 +575,9 @@ def search(args: argparse.Namespace, folds: Sequence[Carve], space: SearchSpace)
         elif choose(trials) < 0:
             config, phase = random_config(rng, space), "random"
         else:
-            config, phase = refine_config(rng, space, trials[choose(trials)]["hyperparameters"]), "refine"
+            config, phase = model_config(rng, space, trials), "model"
+            if config is None:  # no objective has enough scored trials to model
+                config, phase = refine_config(rng, space, trials[choose(trials)]["hyperparameters"]), "refine"
         result = {"trial": t, "phase": phase, **run_trial(args, config, folds, key)}
         trials.append(result)
         log.info("trial %d/%d (%s) %s: %s=%s at sweep %s (%.1f s)", t + 1, args.trials, phase,
@@ -744,7 +805,7 @@ def run(args: argparse.Namespace) -> dict:
     summary = task.run(final_args(args, best["hyperparameters"], sweeps))
     out = {
         "metric": key, "seed": args.seed, "strategy": "Latin-hypercube random search, then "
-        "local refinement around the best (trial 0: the defaults); with K >= 2 folds the "
+        "Gaussian-process expected-improvement proposals (trial 0: the defaults); with K >= 2 folds the "
         "finalists re-scored by K-fold validation and chosen by the one-standard-error rule; "
         "see trainer/tune.py",
         "search_space": space.to_json(), "budget": {
