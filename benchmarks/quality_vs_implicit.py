@@ -51,7 +51,9 @@ The two models (the same objective: Hu, Koren & Volinsky)
 cells and ``P = 0, C = 1`` elsewhere.
 
 * Ours: :class:`trainer.wals.WALSModel`, ``WALSModel(objective="implicit", alpha=α)``,
-  exact batched Cholesky solves, float32.
+  the library's default solver, float32 (3 warm-started CG steps per row since 2026-12-01;
+  BENCHMARKS.md §1's table was measured with the exact batched Cholesky solve, the default
+  then).
 * ``implicit`` 0.7.3: ``implicit.cpu.als.AlternatingLeastSquares`` (float32, its default
   conjugate gradient, 3 steps per row, ``random_state`` set). Its convention, read from its
   source (``implicit/cpu/als.py``): the stored value ``c`` of a cell, times its ``alpha``
