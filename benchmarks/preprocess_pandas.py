@@ -17,6 +17,9 @@ Same transformation as ``python -m preprocess --input_format ga_json`` with its 
    ascending, values), the two vocabularies and a ``metadata.json`` the trainer can read (its
    keys, format version and shard names from ``schemas/contract.py``).
 
+Steps 4-6 are ``write_outputs``, which the GA4 peer (``benchmarks/preprocess_pandas_ga4.py``)
+shares.
+
 It assumes clean input: rows the pipeline dead-letters for bad characters or malformed JSON are
 not handled (a malformed line makes the reader fail). Missing visitor IDs / visit numbers /
 hit times, other hit types and hits without an item are dropped and counted like the pipeline.
@@ -239,16 +242,34 @@ def run(input_pattern: str, output_dir: str, content_dimension_index: int = 10,
         timer: Optional[StageTimer] = None) -> dict:
     """Runs the whole transformation and returns the metadata it wrote."""
     timer = timer or StageTimer()
-    paths = sorted(glob.glob(input_pattern))
-    if not paths:
-        raise ValueError(f"Input pattern {input_pattern!r} matched no files.")
+    paths = input_paths(input_pattern)
     dropped: dict = {}
     hits = read_hits(paths, content_dimension_index, None if hit_type.upper() == "ALL" else hit_type, dropped)
     timer.done("read_and_explode")
     interactions = time_on_items(hits)
+    timer.done("time_on_item")
+    described = {"source": "ga_json", "pattern": input_pattern, "item_source": "custom_dimension",
+                 "content_dimension_index": content_dimension_index, "hit_type": hit_type,
+                 "implementation": "benchmarks.preprocess_pandas"}
+    return write_outputs(interactions, output_dir, rating_scale, rating_cap, dropped, described, timer)
+
+
+def input_paths(input_pattern: str) -> list[str]:
+    """The local files of a glob pattern, sorted; ValueError when it matches none."""
+    paths = sorted(glob.glob(input_pattern))
+    if not paths:
+        raise ValueError(f"Input pattern {input_pattern!r} matched no files.")
+    return paths
+
+
+def write_outputs(interactions: pd.DataFrame, output_dir: str, rating_scale: float, rating_cap: float,
+                  dropped: dict, described: dict, timer: StageTimer, extra: Optional[dict] = None) -> dict:
+    """Steps 4-6 of the module docstring, shared by the readers (``preprocess_pandas_ga4`` too):
+    ``(visitorId, contentId, session_duration)`` rows -> median, ratings, vocabularies, the two
+    TFRecord files and ``metadata.json`` (``described`` is its ``input`` object, ``extra`` more
+    top-level keys). Returns the metadata."""
     if interactions.empty:
         raise ValueError("No interactions survived preprocessing.")
-    timer.done("time_on_item")
     durations = interactions[SESSION_DURATION].to_numpy(dtype=np.float64)
     median = float(np.median(durations))
     ratings = np.minimum(rating_scale * durations / median, rating_cap).astype(np.float32)
@@ -288,9 +309,8 @@ def run(input_pattern: str, output_dir: str, content_dimension_index: int = 10,
         K.ITEMS_FOR_USER: [by_user],
         K.RECORD_COMPRESSION: contract.RECORD_COMPRESSION,
         K.DROPPED: dropped,
-        K.INPUT: {"source": "ga_json", "pattern": input_pattern, "item_source": "custom_dimension",
-                  "content_dimension_index": content_dimension_index, "hit_type": hit_type,
-                  "implementation": "benchmarks.preprocess_pandas"},
+        K.INPUT: described,
+        **(extra or {}),
     }
     with open(os.path.join(output_dir, contract.METADATA_FILE), "w") as handle:
         json.dump(metadata, handle, indent=2, sort_keys=True)

@@ -1,21 +1,29 @@
 """Preprocessing throughput and memory: the Beam/tf.Transform pipeline (local FnApiRunner) against
-the same transformation in pandas (``benchmarks/preprocess_pandas.py``), on the same GA360 JSON.
+the same transformation in pandas, on the same input file: GA360 sessions
+(``benchmarks/preprocess_pandas.py``) or, with ``--schema ga4``, the GA4 events form of the same
+visits (``benchmarks/preprocess_pandas_ga4.py``, a peer that reads GA4 events itself).
 
     .venv/bin/python -m benchmarks.preprocess_speed                      # scales 1 and 10, 3 repeats
     .venv/bin/python -m benchmarks.preprocess_speed --scales 1 --repeats 5
     .venv/bin/python -m benchmarks.preprocess_speed --scales 1 --repeats 0 --profile   # profile only
+    .venv/bin/python -m benchmarks.preprocess_speed --schema ga4 --scales 1 3 10 --repeats 1
 
-Inputs: ``preprocess.sample_data`` (GA360 form) with seed 42 and 4,000 articles; scale 1 is the
-bundled sample (150,000 visitors, about 370k interactions), scale s has s × 150,000 visitors.
-They are generated once and cached in ``--data_dir`` (``data/bench/``, git-ignored), and made
-again when older than the generator.
+Inputs: ``preprocess.sample_data`` (GA360 form, or GA4 form with ``--schema ga4``) with seed 42
+and 4,000 articles; scale 1 is the bundled sample (150,000 visitors, about 370k interactions;
+200 MB as GA360 sessions, 910 MB as GA4 events), scale s has s × 150,000 visitors. They are
+generated once and cached in ``--data_dir`` (``data/bench/``, git-ignored), and made again when
+older than the generator.
 
 Each run is a fresh subprocess, pipeline and pandas alternating so that background load hits
-both alike: ``python -m preprocess --runner FnApiRunner --input X --input_format ga_json
---output_dir Y`` and ``python -m benchmarks.preprocess_pandas --input X --output_dir Y``, each
-started through this module's ``--child`` mode, which runs the module unchanged (``runpy``) and
-only adds timers: imports, graph construction and ``Pipeline.run`` for the pipeline (plus the
-per-transform execution msecs Beam's state sampler records), the peer's own stage timer. Per run:
+both alike, both reading the same file. GA360: ``python -m preprocess --runner FnApiRunner
+--input X --input_format ga_json --output_dir Y`` and ``python -m benchmarks.preprocess_pandas
+--input X --output_dir Y``; GA4: ``python -m preprocess --runner FnApiRunner --input X
+--input_format ga4_json --item_source event_param:article_id --output_dir Y`` and ``python -m
+benchmarks.preprocess_pandas_ga4 --input X --item_source event_param:article_id --output_dir Y``.
+Each is started through this module's ``--child`` mode, which runs the module unchanged
+(``runpy``) and only adds timers: imports, graph construction and ``Pipeline.run`` for the
+pipeline (plus the per-transform execution msecs Beam's state sampler records), the peer's own
+stage timer. Per run:
 
 * ``wall_s``: the whole subprocess, interpreter start to exit, measured by this process;
 * ``cpu_s``: user + system CPU seconds of the subprocess (``getrusage`` in the child);
@@ -23,8 +31,12 @@ per-transform execution msecs Beam's state sampler records), the peer's own stag
   RSS of its process tree polled every 50 ms with psutil (both are lower bounds of the true peak);
 * ``interactions_per_s``: interactions written / ``wall_s``.
 
-Both outputs are compared (users, items, interactions, median; exit status 1 on a mismatch).
-Medians over the repeats and the ratio pipeline / pandas go to ``--results_dir``:
+Both outputs are compared (exit status 1 on a mismatch): users, items, interactions, median,
+the two vocabulary files byte for byte (SHA-256), the drop counts the peer keeps, and with
+``--schema ga4`` the number of events read (``tests/test_preprocess_pandas_peer.py`` checks the
+records themselves). Medians over the repeats and the ratio pipeline / pandas go to
+``--results_dir`` (default ``benchmarks/results/``; with ``--schema ga4``
+``benchmarks/results/preprocess_speed_ga4_peer/``):
 ``preprocess_speed.json`` (machine, versions, git state, raw runs), ``preprocess_speed.png`` and
 ``preprocess_speed.md`` (the tables).
 ``--profile`` runs the pipeline once more under cProfile (scale = the first of ``--scales``)
@@ -34,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -47,12 +60,15 @@ import time
 from collections import defaultdict
 from typing import Any, Optional, Sequence
 
-from benchmarks.common import REPO, machine, versions
+from benchmarks.common import REPO, RESULTS, machine, versions
 
 BASE_VISITORS = 150_000  # preprocess.sample_data.DEFAULT_VISITORS
 GENERATOR = os.path.join(REPO, "preprocess", "sample_data.py")
 PIPELINE, PANDAS = "pipeline", "pandas"
-PIPELINE_MODULE, PANDAS_MODULE = "preprocess", "benchmarks.preprocess_pandas"
+PIPELINE_MODULE = "preprocess"
+PANDAS_MODULES = {"ga360": "benchmarks.preprocess_pandas", "ga4": "benchmarks.preprocess_pandas_ga4"}
+GA4_ITEM_SOURCE = "event_param:article_id"  # the article ID of the sample's GA4 form
+GA4_RESULTS = os.path.join(RESULTS, "preprocess_speed_ga4_peer")
 MSECS_METRIC = "ptransform_execution_time:total_msecs"
 PIPELINE_PACKAGES = ("apache-beam", "tensorflow", "tensorflow-transform", "tfx-bsl", "pandas", "numpy", "pyarrow")
 
@@ -98,10 +114,12 @@ def transform_msecs(result: Any) -> dict:
     return {step: ms for step, ms in out.items() if ms}
 
 
-def child(kind: str, report_path: str, argv: list[str], profile_path: Optional[str]) -> None:
+def child(kind: str, report_path: str, argv: list[str], profile_path: Optional[str],
+          peer_module: str = PANDAS_MODULES["ga360"]) -> None:
     """Runs one job in this process the way its CLI does and writes a JSON report."""
     started = time.perf_counter()
-    report: dict = {"kind": kind, "argv": argv}
+    module = PIPELINE_MODULE if kind == PIPELINE else peer_module
+    report: dict = {"kind": kind, "module": module, "argv": argv}
     phases: dict = {}
     captured: dict = {}
     if kind == PIPELINE:
@@ -110,7 +128,6 @@ def child(kind: str, report_path: str, argv: list[str], profile_path: Optional[s
         import preprocess.__main__  # noqa: F401  (Beam, TensorFlow, tf.Transform)
         import preprocess.pipeline as graph
 
-        module = PIPELINE_MODULE
         build, run = graph.build_pipeline, beam.Pipeline.run
 
         def timed_build(*args: Any, **kwargs: Any) -> Any:
@@ -131,13 +148,13 @@ def child(kind: str, report_path: str, argv: list[str], profile_path: Optional[s
         graph.build_pipeline = timed_build
         beam.Pipeline.run = timed_run
     else:
+        import importlib
+
         import numpy  # noqa: F401
         import pandas  # noqa: F401
         import pyarrow  # noqa: F401
 
-        import benchmarks.preprocess_pandas  # noqa: F401
-
-        module = PANDAS_MODULE
+        importlib.import_module(module)
     imported = time.perf_counter()
     phases["import_s"] = imported - started
     profiler = None
@@ -226,7 +243,8 @@ class TreeMemoryPoller:
 
 
 def run_measured(kind: str, job_argv: list[str], work_dir: str, tag: str,
-                 profile_path: Optional[str] = None, timeout: float = 7200) -> dict:
+                 profile_path: Optional[str] = None, timeout: float = 7200,
+                 peer_module: str = PANDAS_MODULES["ga360"]) -> dict:
     """Runs one job in a fresh subprocess and returns its measurements (raises on failure)."""
     report_path = os.path.join(work_dir, f"report-{tag}.json")
     log_path = os.path.join(work_dir, f"log-{tag}.txt")
@@ -235,6 +253,8 @@ def run_measured(kind: str, job_argv: list[str], work_dir: str, tag: str,
     command = [sys.executable, "-m", "benchmarks.preprocess_speed", "--child", kind, report_path]
     if profile_path:
         command += ["--child_profile", profile_path]
+    if kind == PANDAS:
+        command += ["--child_module", peer_module]
     command += ["--", *job_argv]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     load_before = os.getloadavg()
@@ -288,19 +308,29 @@ def ensure_input(scale: int, data_dir: str, base_visitors: int = BASE_VISITORS, 
 
 
 def job_argv(kind: str, input_path: str, output_dir: str, timings_path: str, schema: str = "ga360") -> list[str]:
+    """The command-line arguments of one job: the pipeline's (``python -m preprocess``) or the
+    schema's pandas peer's (``PANDAS_MODULES``); both read ``input_path``."""
     if kind == PIPELINE and schema == "ga4":  # as ./run_dataflow.sh --sample_schema ga4 reads it
         return ["--runner", "FnApiRunner", "--input", input_path, "--input_format", "ga4_json",
-                "--item_source", "event_param:article_id", "--output_dir", output_dir]
+                "--item_source", GA4_ITEM_SOURCE, "--output_dir", output_dir]
     if kind == PIPELINE:
         return ["--runner", "FnApiRunner", "--input", input_path, "--input_format", "ga_json",
                 "--output_dir", output_dir]
-    return ["--input", input_path, "--output_dir", output_dir, "--timings_json", timings_path]
+    peer = ["--input", input_path, "--output_dir", output_dir, "--timings_json", timings_path]
+    return peer + ["--item_source", GA4_ITEM_SOURCE] if schema == "ga4" else peer
 
 
 def output_summary(output_dir: str) -> dict:
+    """What the two outputs must agree on (``check_same``), from ``metadata.json`` and the
+    vocabulary files it names."""
     with open(os.path.join(output_dir, "metadata.json")) as handle:
         meta = json.load(handle)
-    return {k: meta[k] for k in ("nusers", "nitems", "ninteractions", "median_duration")}
+    summary = {k: meta.get(k) for k in ("nusers", "nitems", "ninteractions", "median_duration", "events")}
+    summary["dropped"] = meta["dropped"]
+    for name in ("user_vocabulary", "item_vocabulary"):
+        with open(os.path.join(output_dir, meta[name]), "rb") as handle:
+            summary[f"{name}_sha256"] = hashlib.sha256(handle.read()).hexdigest()
+    return summary
 
 
 def one_run(kind: str, info: dict, work_dir: str, repeat: int,
@@ -308,8 +338,10 @@ def one_run(kind: str, info: dict, work_dir: str, repeat: int,
     tag = f"{kind}-x{info['scale']}-r{repeat}" + ("-profile" if profile_path else "")
     output_dir = os.path.join(work_dir, f"out-{kind}-x{info['scale']}")
     timings = os.path.join(work_dir, f"stages-{tag}.json")
-    argv = job_argv(kind, os.path.join(REPO, info["path"]), output_dir, timings, info.get("schema", "ga360"))
-    report = run_measured(kind, argv, work_dir, tag, profile_path)
+    schema = info.get("schema", "ga360")
+    argv = job_argv(kind, os.path.join(REPO, info["path"]), output_dir, timings, schema)
+    report = run_measured(kind, argv, work_dir, tag, profile_path, peer_module=PANDAS_MODULES[schema])
+    report["input"] = info["path"]
     report.update(scale=info["scale"], repeat=repeat, **output_summary(output_dir))
     report["interactions_per_s"] = report["ninteractions"] / report["wall_s"]
     if kind == PANDAS:
@@ -345,8 +377,15 @@ def stage_seconds(msecs: dict) -> dict:
 
 
 def check_same(pipeline_run: dict, pandas_run: dict) -> None:
-    keys = ("nusers", "nitems", "ninteractions", "median_duration")
+    """Exits (status 1) unless both runs read the same file and wrote the same counts, median,
+    vocabularies and drop counts (those the peer keeps; the GA360 peer does not count events)."""
+    keys = ["input", "nusers", "nitems", "ninteractions", "median_duration",
+            "user_vocabulary_sha256", "item_vocabulary_sha256"]
+    if pandas_run.get("events") is not None:
+        keys.append("events")
     a, b = ({k: run[k] for k in keys} for run in (pipeline_run, pandas_run))
+    a["dropped"] = {reason: pipeline_run["dropped"].get(reason) for reason in pandas_run["dropped"]}
+    b["dropped"] = pandas_run["dropped"]
     if a != b:
         raise SystemExit(f"MISMATCH at scale {pipeline_run['scale']}: pipeline {a} != pandas {b}")
 
@@ -404,7 +443,8 @@ def git_state() -> dict:
         return {"commit": None, "note": f"{REPO} is not a git checkout (see --note)"}
     return {"commit": commit,
             "uncommitted_in_measured_code": git("status", "--porcelain", "--", "preprocess", "schemas",
-                                                "benchmarks/preprocess_pandas.py").splitlines()}
+                                                "benchmarks/preprocess_pandas.py",
+                                                "benchmarks/preprocess_pandas_ga4.py").splitlines()}
 
 
 def plot(summary: list[dict], path: str, title: str) -> None:
@@ -490,25 +530,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--visitors_per_scale", type=int, default=BASE_VISITORS,
                    help="visitors at scale 1 (150,000 = the bundled sample; smaller for a smoke test)")
     p.add_argument("--data_dir", default=os.path.join(REPO, "data", "bench"))
-    p.add_argument("--results_dir", default=os.path.join(REPO, "benchmarks", "results"))
+    p.add_argument("--results_dir", default=None,
+                   help=f"default {os.path.relpath(RESULTS, REPO)}; "
+                        f"with --schema ga4 {os.path.relpath(GA4_RESULTS, REPO)}")
     p.add_argument("--profile", action="store_true", help="also run the pipeline once under cProfile")
     p.add_argument("--profile_top", type=int, default=45)
     p.add_argument("--only", choices=[PIPELINE, PANDAS], default=None, help="run one implementation only")
     p.add_argument("--schema", choices=["ga360", "ga4"], default="ga360",
-                   help="ga4: the pipeline on the sample's GA4 events form (--input_format ga4_json, "
-                        "--item_source event_param:article_id); the pandas peer reads GA360 only, so it runs "
-                        "on the GA360 form of the same visits (identical outputs, checked)")
+                   help="ga4: the sample's GA4 events form, read by the pipeline (--input_format ga4_json, "
+                        "--item_source event_param:article_id) and by the GA4 pandas peer "
+                        "(benchmarks.preprocess_pandas_ga4): the same file for both")
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. what code was measured)")
     p.add_argument("--child", nargs=2, metavar=("KIND", "REPORT"), help=argparse.SUPPRESS)
     p.add_argument("--child_profile", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child_module", default=PANDAS_MODULES["ga360"], help=argparse.SUPPRESS)
     p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
-        child(args.child[0], args.child[1], rest, args.child_profile)
+        child(args.child[0], args.child[1], rest, args.child_profile, args.child_module)
         return 0  # not reached: child() ends the process
 
     command = "python -m benchmarks.preprocess_speed " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.results_dir is None:
+        args.results_dir = GA4_RESULTS if args.schema == "ga4" else RESULTS
     work_dir = os.path.join(args.data_dir, "runs")
     os.makedirs(work_dir, exist_ok=True)
     os.makedirs(args.results_dir, exist_ok=True)
@@ -518,13 +563,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     host = machine()  # before the runs: its load average is the one they started under
     runs: list[dict] = []
     for info in inputs:
-        print(f"scale ×{info['scale']}: {info['path']} ({info['sessions']:,} sessions, "
+        print(f"scale ×{info['scale']}: {info['path']} ({info['sessions']:,} lines, "
               f"{info['bytes'] / 2**20:.0f} MiB)", flush=True)
-        # The peer reads GA360 only: with --schema ga4 it runs on the GA360 form of the same visits.
-        peer_info = info if args.schema == "ga360" else ensure_input(info["scale"], args.data_dir,
-                                                                      args.visitors_per_scale, "ga360")
-        for repeat in range(args.repeats):
-            pair = {kind: one_run(kind, info if kind == PIPELINE else peer_info, work_dir, repeat) for kind in kinds}
+        for repeat in range(args.repeats):  # both read the same file
+            pair = {kind: one_run(kind, info, work_dir, repeat) for kind in kinds}
             runs.extend(pair.values())
             if len(pair) == 2:
                 check_same(pair[PIPELINE], pair[PANDAS])
@@ -537,6 +579,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "versions": versions(PIPELINE_PACKAGES),
         "git": git_state(),
         "note": args.note,
+        "schema": args.schema,
+        "implementations": {
+            PIPELINE: {"module": PIPELINE_MODULE,
+                       "argv": job_argv(PIPELINE, "INPUT", "OUT", "", args.schema)},
+            PANDAS: {"module": PANDAS_MODULES[args.schema],
+                     "argv": job_argv(PANDAS, "INPUT", "OUT", "STAGES", args.schema)},
+            "input": "both read the same file per scale (the "
+                     f"{'GA4 events' if args.schema == 'ga4' else 'GA360 sessions'} form, see inputs)",
+        },
         "inputs": inputs,
         "notes": "wall_s = whole subprocess; peak_rss_mb = max(child VmHWM, polled process-tree RSS); "
                  "load_before/load_after = 1/5/15-min load averages (other jobs share the machine).",
@@ -548,8 +599,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with open(json_path, "w") as handle:
             json.dump(result, handle, indent=1)
         machine_text = f"{result['machine']['cpu_model']}, {result['machine']['cpus_usable']} cores"
+        form = "GA4 events NDJSON (both read it)" if args.schema == "ga4" else "GA360 JSON"
         plot(result["summary"], os.path.join(args.results_dir, "preprocess_speed.png"),
-             f"GA360 JSON → ratings + TFRecords, medians of {args.repeats} runs ({machine_text}; shared machine)")
+             f"{form} → ratings + TFRecords, medians of {args.repeats} runs ({machine_text}; shared machine)")
         with open(os.path.join(args.results_dir, "preprocess_speed.md"), "w") as handle:
             handle.write(render_markdown(result))
         print_summary(result["summary"])
@@ -573,11 +625,15 @@ def render_markdown(result: dict) -> str:
         f"{m['memory_gib']} GiB), shared with other jobs (1-min load average before the runs: "
         f"{min(r['load_before'][0] for r in result['runs']):.1f}–{max(r['load_before'][0] for r in result['runs']):.1f}).",
         "",
+        f"Both read the same file per scale ({'GA4 events' if result.get('schema') == 'ga4' else 'GA360 sessions'}); "
+        f"the peer is `{result.get('implementations', {}).get(PANDAS, {}).get('module', PANDAS_MODULES['ga360'])}`.",
+        "",
         "| input | implementation | wall s (median, min–max) | CPU s | interactions/s (wall) "
         "| peak RSS MiB | pipeline / pandas (wall, CPU, RSS) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     inputs = {i["scale"]: i for i in result["inputs"]}
+    lines_are = "events" if result.get("schema") == "ga4" else "sessions"  # one JSON object a line
     for row in result["summary"]:
         info = inputs[row["scale"]]
         for kind, label in ((PIPELINE, "Beam + tf.Transform, FnApiRunner"), (PANDAS, "pandas + NumPy peer")):
@@ -588,7 +644,7 @@ def render_markdown(result: dict) -> str:
             ratio_text = (f"{ratio['wall_s']:.1f}× / {ratio['cpu_s']:.1f}× / {ratio['peak_rss_mb']:.2f}×"
                           if ratio and kind == PIPELINE else "")
             lines.append(
-                f"| ×{row['scale']}: {info['visitors']:,} visitors, {info['sessions']:,} sessions, "
+                f"| ×{row['scale']}: {info['visitors']:,} visitors, {info['sessions']:,} {lines_are}, "
                 f"{info['bytes'] / 2**20:,.0f} MiB → {s['ninteractions']:,} interactions | {label} "
                 f"| {s['wall_s']:.1f} ({s['wall_s_min']:.1f}–{s['wall_s_max']:.1f}) | {s['cpu_s']:.1f} "
                 f"| {s['interactions_per_s']:,.0f} | {s['peak_rss_mb']:,.0f} | {ratio_text} |"
