@@ -195,7 +195,11 @@ def _kernels() -> dict:
 def _define() -> dict:
     from numba import njit
 
-    jit = njit(nogil=True, cache=True, fastmath=_FASTMATH)
+    def jit(fn: Callable) -> Callable:
+        try:
+            return njit(nogil=True, cache=True, fastmath=_FASTMATH)(fn)
+        except RuntimeError:  # no writable cache directory (read-only install, no home):
+            return njit(nogil=True, cache=False, fastmath=_FASTMATH)(fn)  # compile per process
 
     @jit
     def dot(x, y, k, zero):

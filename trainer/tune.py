@@ -76,12 +76,12 @@ A seeded space-filling design followed by model-based proposals, all from one
 Values are rounded to 3 significant digits (``k`` to an integer), so the chosen flags print
 exactly. ``--seed`` also seeds every model's initial factors (the same ``--seed`` as
 ``trainer.task``'s). Given the seed, the data and the machine, the search is deterministic:
-the models are (CPU, :meth:`trainer.wals.WALSModel.fit`), and so is the refinement that
-depends on their validation values.
+the models are (CPU, :meth:`trainer.wals.WALSModel.fit`), and so are the proposals that
+depend on their validation values.
 
 The default budget (24 trials of at most 20 sweeps; on small data 6 finalists × 5 folds more)
-takes about 2 minutes on the bundled sample (about 300k interactions, one carve-out) and
-1–2 minutes on the small GA export and ML-100k (figures in ``BENCHMARKS.md`` §7).
+takes about 1.5 minutes on the bundled sample (about 300k interactions, one carve-out) and
+10–20 seconds on the small GA export and ML-100k (figures in ``BENCHMARKS.md`` §7).
 """
 from __future__ import annotations
 
