@@ -33,6 +33,7 @@ Arrow's JSON reader, its rows made on columns; any doubt sends the block through
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 from collections import defaultdict
@@ -559,10 +560,11 @@ class ParseGa4EventBlockBucketsFn(beam.DoFn):
         if key is None or not lines:
             return None
         data = b"\n".join(lines)
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
+        if not data.isascii():  # ASCII is UTF-8; only other bytes need the decoder's check
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
         if _SURROGATE_ESCAPE.search(data):  # json keeps a lone one as it is; leave pairs to it too
             return None
         options = self.arrow_text_options if _TEXT_INT64.search(lines[0]) else self.arrow_options
@@ -703,7 +705,7 @@ class BucketTimeFn(beam.DoFn):
     def process(self, element) -> Iterable:
         _, parts = element
         visitors, sessions, times, names, items, engagements, days = (
-            [value for part in parts for value in part[i]] for i in range(7))
+            list(itertools.chain.from_iterable(part[i] for part in parts)) for i in range(7))
         n = len(visitors)
         time = np.asarray(times, dtype=np.int64)
         if self.duration == "next_event":  # a sum of gaps is at most n × the time span
@@ -736,18 +738,11 @@ class BucketTimeFn(beam.DoFn):
 
     def engagement(self, visitors, session, time, names, items, engagements, days) -> Iterable:
         """``EngagementTimeFn`` on arrays: Σ engagement over distinct events per (visitor, item)."""
-        def codes(values: list, none: bool = False) -> tuple[np.ndarray, list]:
-            found: dict = {None: -1} if none else {}
-            start = len(found)
-            code = np.fromiter((found.setdefault(v, len(found) - start) for v in values), np.int64, len(values))
-            return code, [v for v in found if not (none and v is None)]
-
-        visitor, visitor_names = codes(visitors)
-        name, _ = codes(names)
-        item, item_names = codes(items, none=True)
-        has = np.fromiter((e is not None for e in engagements), bool, len(engagements))
-        engagement = np.fromiter((e or 0 for e in engagements), np.int64, len(engagements))
-        day = np.fromiter((columns.NO_DAY if d is None else d for d in days), np.int64, len(days))
+        visitor, visitor_names = _codes(visitors)
+        name, _ = _codes(names)
+        item, item_names = _codes(items, none=True)
+        has, engagement = _int_column(engagements, 0)
+        _, day = _int_column(days, columns.NO_DAY)
         # An event is not its date: duplicates of (session, time, name, item, engagement) count once.
         keys = (engagement, has, item, name, time, session, visitor)
         order = np.lexsort(keys)
@@ -767,6 +762,30 @@ class BucketTimeFn(beam.DoFn):
             self.nonpositive.inc(int((~positive).sum()))
         yield from sessionize.visitor_columns(keys_[positive], totals[positive], nitems, visitor_names, item_names,
                                               visitor, item, day)
+
+
+def _codes(values: list, none: bool = False) -> tuple[np.ndarray, list]:
+    """``(code per value, the distinct values in order of first appearance)``; with ``none`` a
+    None's code is -1 and None is not among the values. Arrow's dictionary encoder does it in
+    C; anything it cannot take as text (or a None without ``none``) goes through a dict."""
+    try:
+        encoded = pc.dictionary_encode(pa.array(values, pa.string()))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        encoded = None
+    if encoded is not None and (none or not encoded.null_count):
+        return (pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64),
+                encoded.dictionary.to_pylist())
+    found: dict = {None: -1} if none else {}
+    start = len(found)
+    code = np.fromiter((found.setdefault(v, len(found) - start) for v in values), np.int64, len(values))
+    return code, [v for v in found if not (none and v is None)]
+
+
+def _int_column(values: list, missing: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(whether each value is there, the values as int64 with None → missing)``."""
+    column = pa.array(values, pa.int64())
+    return (column.is_valid().to_numpy(zero_copy_only=False),
+            pc.fill_null(column, missing).to_numpy(zero_copy_only=False).astype(np.int64))
 
 
 class ReadGa4EventsInBlocks(beam.PTransform):

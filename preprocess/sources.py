@@ -286,6 +286,8 @@ def block_lines(data: bytes) -> list[bytes]:
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
+    if b"\r" not in data:  # the usual case: no line to trim, no per-line pass
+        return lines
     return [line[:-1] if line.endswith(b"\r") else line for line in lines]
 
 
