@@ -240,5 +240,34 @@ def test_pipeline_counters_and_dead_letters_are_the_per_line_readers(tmp_path, d
     assert sum(taken) > 5 and not all(taken)  # both paths in one run
     fast = pipeline_outputs(str(path), "event_param:article_id", duration, True, tmp_path, 4096)
     slow = pipeline_outputs(str(path), "event_param:article_id", duration, False, tmp_path, 4096)
+    if duration == "engagement_time":  # the pipeline's Arrow blocks ship compacted rows
+        assert fast.pop("events") != slow.pop("events")
     assert fast == slow
     assert fast["dropped"] and fast["interactions"]
+
+
+def test_compacted_rows_are_a_subset_one_per_silent_key():
+    """``arrow_columns(compact=True)``: every engaged row kept, and of the rows with no
+    engagement (or 0) at least one per (visitor, session, item, date); a subset, and fewer."""
+    fn = ga4.ParseGa4EventBlockBucketsFn(
+        ga4.ParseGa4EventFn("event_param:article_id", "engagement_time", "user_pseudo_id", ()), 4)
+    lines = clean_events(seed=6, negative_engagement=False)
+    full = fn.arrow_columns(lines)
+    compact = fn.arrow_columns(lines, compact=True)
+    assert full is not None and compact is not None
+
+    def rows(bucketed):
+        out = []
+        for bucket, cols in bucketed:
+            out += [(bucket, *row) for row in zip(*cols)]
+        return out
+
+    before, after = rows(full), rows(compact)
+    assert set(after) <= set(before) and len(after) < len(before)
+    silent = lambda r: not r[6]  # engagement None or 0  # noqa: E731
+    assert sorted(map(repr, (r for r in before if not silent(r)))) == \
+        sorted(map(repr, (r for r in after if not silent(r))))
+    # every (visitor, session, item, day) of a silent row is still there (once per raw item
+    # and date value: two raw values that clean to one item may both stay)
+    key = lambda r: repr((r[1], r[2], r[5], r[7]))  # visitor, session, item, day  # noqa: E731
+    assert {key(r) for r in before if silent(r)} == {key(r) for r in after if silent(r)}
