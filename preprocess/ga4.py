@@ -518,8 +518,19 @@ class ParseGa4EventBlockBucketsFn(beam.DoFn):
         self.arrow_options = arrow_parse_options(parse.user_field)
         self.arrow_text_options = arrow_parse_options(parse.user_field, pa.string())
 
-    def process(self, lines: list) -> Iterable:
-        bucketed = self.arrow_columns(lines, compact=True) if self.use_arrow else None
+    def process(self, block: Any) -> Iterable:
+        """``block``: a list of lines, or the text of whole lines (``ReadLineBlocks``' raw
+        blocks), which is split into lines only when the Arrow path cannot take it."""
+        if isinstance(block, bytes):
+            bucketed = None
+            if self.use_arrow and b"\r" not in block:  # else block_lines trims the CRs first
+                bucketed = self.arrow_block(block[:-1] if block.endswith(b"\n") else block, compact=True)
+            lines = sources.block_lines(block) if bucketed is None else []
+            if bucketed is None and self.use_arrow and b"\r" in block:
+                bucketed = self.arrow_columns(lines, compact=True)
+        else:
+            lines = block
+            bucketed = self.arrow_columns(lines, compact=True) if self.use_arrow else None
         if bucketed is not None:
             yield from bucketed
             return
@@ -562,33 +573,42 @@ class ParseGa4EventBlockBucketsFn(beam.DoFn):
         dead letter due anywhere returns None, so only count-only drops are made here, and
         counted as the per-line reader counts them.
         """
-        parse = self.parse
-        key = self.item_key()
-        if key is None or not lines:
+        if not lines:
             return None
-        data = b"\n".join(lines)
+        return self.arrow_block(b"\n".join(lines), compact)
+
+    def arrow_block(self, data: bytes, compact: bool = False) -> Optional[list]:
+        """``arrow_columns`` of the lines joined by ``\\n`` (no ``\\r``): a block's text without its
+        final newline."""
+        key = self.item_key()
+        if key is None or not data:
+            return None
         if not data.isascii():  # ASCII is UTF-8; only other bytes need the decoder's check
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError:
                 return None
-        if _SURROGATE_ESCAPE.search(data):  # json keeps a lone one as it is; leave pairs to it too
+        # json keeps a lone surrogate as it is; leave pairs to it too (the regex only where
+        # there is a backslash at all)
+        if b"\\" in data and _SURROGATE_ESCAPE.search(data):
             return None
-        options = self.arrow_text_options if _TEXT_INT64.search(lines[0]) else self.arrow_options
+        first_end = data.find(b"\n")
+        first = data if first_end < 0 else data[:first_end]
+        options = self.arrow_text_options if _TEXT_INT64.search(first) else self.arrow_options
         try:
             table = pa_json.read_json(io.BytesIO(data), read_options=_ARROW_READ, parse_options=options)
         except Exception:  # any refusal of Arrow's: the per-line path says why
             return None
         try:
-            return self.table_columns(table, lines, key, compact)
+            return self.table_columns(table, data, key, compact)
         except _Doubt:
             return None
 
-    def table_columns(self, table: pa.Table, lines: list, key: str, compact: bool = False) -> Optional[list]:
-        """``arrow_columns`` once Arrow has read the block into ``table``."""
+    def table_columns(self, table: pa.Table, data: bytes, key: str, compact: bool = False) -> Optional[list]:
+        """``arrow_block`` once Arrow has read the block's text ``data`` into ``table``."""
         parse = self.parse
         n = table.num_rows
-        if n == 0 or n != sum(map(bool, map(bytes.strip, lines))):  # two objects on a line, say
+        if n == 0 or n != _nonblank_lines(data):  # two objects on a line, say
             return None
         params = table["event_params"].combine_chunks()
         if params.flatten().null_count:  # an entry that is not an object: malformed_event
@@ -701,6 +721,23 @@ class ParseGa4EventBlockBucketsFn(beam.DoFn):
                 return None  # invalid_content_id
             item_of[value_code] = item
         return np.array(item_of, dtype=object)[code], code
+
+
+_STRIPPED = np.zeros(256, bool)  # the bytes bytes.strip removes
+_STRIPPED[list(b" \t\n\r\x0b\x0c")] = True
+
+
+def _nonblank_lines(data: bytes) -> int:
+    """The lines of ``data`` (split at ``\\n``) that hold more than whitespace: on the bytes
+    as an array when every line starts with a byte ``bytes.strip`` keeps (NDJSON lines start
+    with ``{``), line by line otherwise."""
+    raw = np.frombuffer(data, np.uint8)
+    if not len(raw):
+        return 0
+    breaks = np.flatnonzero(raw == 10)
+    if _STRIPPED[raw[0]] or (len(breaks) and breaks[-1] == len(raw) - 1) or _STRIPPED[raw[breaks + 1]].any():
+        return sum(map(bool, map(bytes.strip, data.split(b"\n"))))
+    return len(breaks) + 1
 
 
 def _one_per_silent_key(rows: np.ndarray, keys: tuple, silent: np.ndarray) -> np.ndarray:
@@ -830,7 +867,7 @@ class ReadGa4EventsInBlocks(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "ReadLineBlocks" >> sources.ReadLineBlocks(self.pattern, self.block_bytes)
+            | "ReadLineBlocks" >> sources.ReadLineBlocks(self.pattern, self.block_bytes, raw=True)
             | "ParseEvents" >> beam.ParDo(self.parse).with_outputs(sources.DROPPED, main="events")
         )
 

@@ -292,12 +292,16 @@ def block_lines(data: bytes) -> list[bytes]:
 
 
 class ReadBlocksFn(beam.DoFn):
-    """``(path, start, end)`` -> the lines of that range, as one list (a block)."""
+    """``(path, start, end)`` -> the lines of that range, as one list (a block); with ``raw``
+    the range's text itself (complete lines, as ``range_text`` gives it), for a parser that
+    reads a whole block at once and splits it into lines only when it has to."""
 
-    def __init__(self, block_bytes: int = BLOCK_BYTES) -> None:
+    def __init__(self, block_bytes: int = BLOCK_BYTES, raw: bool = False) -> None:
         self.block_bytes = block_bytes
+        self.lines = (lambda data: data) if raw else block_lines
 
-    def process(self, file_range: tuple) -> Iterable[list]:
+    def process(self, file_range: tuple) -> Iterable:
+        block_lines = self.lines
         path, start, end = file_range
         if end >= 0:
             yield block_lines(range_text(path, start, end))
@@ -322,10 +326,11 @@ class ReadLineBlocks(beam.PTransform):
     ``block_bytes`` of text instead of one per line, so the parsers loop over lines in
     Python without Beam's per-element cost (encoding, timestamps, counters) on each."""
 
-    def __init__(self, pattern: str, block_bytes: int = BLOCK_BYTES) -> None:
+    def __init__(self, pattern: str, block_bytes: int = BLOCK_BYTES, raw: bool = False) -> None:
         super().__init__()
         self.pattern = pattern
         self.block_bytes = block_bytes
+        self.raw = raw  # blocks as text (ReadBlocksFn's raw), not lists of lines
 
     def expand(self, pbegin):
         return (
@@ -333,7 +338,7 @@ class ReadLineBlocks(beam.PTransform):
             | "Pattern" >> beam.Create([self.pattern])
             | "ByteRanges" >> beam.FlatMap(byte_ranges, self.block_bytes)
             | "SpreadRanges" >> beam.Reshuffle()  # on Dataflow: ranges to many workers
-            | "ReadRanges" >> beam.ParDo(ReadBlocksFn(self.block_bytes))
+            | "ReadRanges" >> beam.ParDo(ReadBlocksFn(self.block_bytes, self.raw))
         )
 
 

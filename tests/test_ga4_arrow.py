@@ -271,3 +271,21 @@ def test_compacted_rows_are_a_subset_one_per_silent_key():
     # and date value: two raw values that clean to one item may both stay)
     key = lambda r: repr((r[1], r[2], r[5], r[7]))  # visitor, session, item, day  # noqa: E731
     assert {key(r) for r in before if silent(r)} == {key(r) for r in after if silent(r)}
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_raw_text_blocks_equal_line_blocks(newline):
+    """``process`` on a block's text (``ReadLineBlocks(raw=True)``) gives what it gives on the
+    block's lines, with LF and CRLF line ends, clean and with a dead letter in the block."""
+    fn = ga4.ParseGa4EventBlockBucketsFn(
+        ga4.ParseGa4EventFn("event_param:article_id", "engagement_time", "user_pseudo_id", ()), 4)
+    clean = clean_events(seed=7)
+    for lines in (clean, clean[:20] + [b"not json"] + clean[20:]):
+        text = newline.join(lines) + newline
+
+        def run(block):
+            return [(o.tag, repr(o.value)) if isinstance(o, beam.pvalue.TaggedOutput) else repr(o)
+                    for o in fn.process(block)]
+
+        assert run(text) == run(sources.block_lines(text))
+        assert run(text)
