@@ -740,16 +740,51 @@ def _nonblank_lines(data: bytes) -> int:
     return len(breaks) + 1
 
 
+def _hash_rows(keys: Sequence[np.ndarray]) -> np.ndarray:
+    """A 64-bit hash of each row of the integer (or bool) columns ``keys`` (multiply-xorshift
+    rounds, splitmix64's constants; wrapping uint64 arithmetic)."""
+    h = np.full(len(keys[0]), 0x9E3779B97F4A7C15, np.uint64)
+    for key in keys:
+        h ^= key.view(np.uint64) if key.dtype == np.int64 else key.astype(np.uint64)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(31)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(29)
+    return h
+
+
+def distinct_rows(keys: Sequence[np.ndarray]) -> np.ndarray:
+    """Indices of one row per distinct combination of ``keys`` (equal-length int64 or bool
+    arrays), in no particular order. Rows are sorted by a hash of all keys; a row whose hash
+    no other row shares is distinct for certain, and only the rows in runs of equal hashes
+    (the duplicates, and any collisions) are compared key by key. One sort of one array instead
+    of a ``lexsort`` over every key."""
+    n = len(keys[0])
+    if n < 2:
+        return np.arange(n)
+    hashes = _hash_rows(keys)
+    order = np.argsort(hashes)
+    hashes = hashes[order]
+    same = hashes[1:] == hashes[:-1]
+    if not same.any():
+        return order
+    in_run = np.zeros(len(order), bool)
+    in_run[1:] |= same
+    in_run[:-1] |= same
+    candidates = order[in_run]
+    ordered = candidates[np.lexsort(tuple(key[candidates] for key in keys))]
+    first = np.r_[True, np.any([key[ordered][1:] != key[ordered][:-1] for key in keys], axis=0)]
+    return np.concatenate([order[~in_run], ordered[first]])
+
+
 def _one_per_silent_key(rows: np.ndarray, keys: tuple, silent: np.ndarray) -> np.ndarray:
-    """``rows`` with, among the ``silent`` ones, only the first of each combination of
-    ``keys`` (arrays over all events; the last key sorts first), in their original order."""
+    """``rows`` with, among the ``silent`` ones, one of each combination of ``keys`` (arrays
+    over all events), in their original order."""
     quiet = rows[silent[rows]]
     if len(quiet) < 2:
         return rows
-    order = np.lexsort(tuple(key[quiet] for key in keys))
-    ordered = quiet[order]
-    first = np.r_[True, np.any([key[ordered][1:] != key[ordered][:-1] for key in keys], axis=0)]
-    return np.sort(np.concatenate([rows[~silent[rows]], ordered[first]]))
+    kept = quiet[distinct_rows(tuple(key[quiet] for key in keys))]
+    return np.sort(np.concatenate([rows[~silent[rows]], kept]))
 
 
 class BucketTimeFn(beam.DoFn):
@@ -806,14 +841,8 @@ class BucketTimeFn(beam.DoFn):
         has, engagement = _int_column(engagements, 0)
         _, day = _int_column(days, columns.NO_DAY)
         # An event is not its date: duplicates of (session, time, name, item, engagement) count once.
-        keys = (engagement, has, item, name, time, session, visitor)
-        order = np.lexsort(keys)
-        distinct = (np.r_[True, np.any([key[order][1:] != key[order][:-1] for key in keys], axis=0)]
-                    if len(order) else np.zeros(0, bool))
-        rows = order[distinct]
-        pairs = np.lexsort((session, visitor))
-        self.sessions.inc(int(np.r_[True, (visitor[pairs][1:] != visitor[pairs][:-1])
-                                    | (session[pairs][1:] != session[pairs][:-1])].sum()) if len(pairs) else 0)
+        rows = distinct_rows((engagement, has, item, name, time, session, visitor))
+        self.sessions.inc(len(distinct_rows((session, visitor))))
         rows = rows[item[rows] >= 0]
         nitems = max(len(item_names), 1)
         keys_, where = np.unique(visitor[rows] * nitems + item[rows], return_inverse=True)

@@ -289,3 +289,17 @@ def test_raw_text_blocks_equal_line_blocks(newline):
 
         assert run(text) == run(sources.block_lines(text))
         assert run(text)
+
+
+@pytest.mark.parametrize("weak_hash", [False, True])
+def test_distinct_rows_equal_a_set_of_tuples(weak_hash, monkeypatch):
+    """``ga4.distinct_rows`` against Python's set of row tuples; with a hash of 2 values
+    (collisions everywhere) the exact comparison alone must get it right."""
+    if weak_hash:
+        monkeypatch.setattr(ga4, "_hash_rows", lambda keys: (keys[0].view(np.uint64) & np.uint64(1)))
+    rng = np.random.default_rng(11)
+    for n in (0, 1, 2, 7, 300, 5000):
+        keys = tuple(rng.integers(-2, 3, n) for _ in range(3)) + (rng.random(n) < 0.5,)
+        got = [tuple(key[i].item() for key in keys) for i in ga4.distinct_rows(keys)]
+        want = set(zip(*(key.tolist() for key in keys)))
+        assert len(got) == len(set(got)) == len(want) and set(got) == want
