@@ -521,15 +521,12 @@ class ParseGa4EventBlockBucketsFn(beam.DoFn):
     def process(self, block: Any) -> Iterable:
         """``block``: a list of lines, or the text of whole lines (``ReadLineBlocks``' raw
         blocks), which is split into lines only when the Arrow path cannot take it."""
-        if isinstance(block, bytes):
-            bucketed = None
-            if self.use_arrow and b"\r" not in block:  # else block_lines trims the CRs first
-                bucketed = self.arrow_block(block[:-1] if block.endswith(b"\n") else block, compact=True)
+        if isinstance(block, bytes) and b"\r" not in block:  # with CRs, block_lines trims them first
+            text = block[:-1] if block.endswith(b"\n") else block
+            bucketed = self.arrow_block(text, compact=True) if self.use_arrow else None
             lines = sources.block_lines(block) if bucketed is None else []
-            if bucketed is None and self.use_arrow and b"\r" in block:
-                bucketed = self.arrow_columns(lines, compact=True)
         else:
-            lines = block
+            lines = sources.block_lines(block) if isinstance(block, bytes) else block
             bucketed = self.arrow_columns(lines, compact=True) if self.use_arrow else None
         if bucketed is not None:
             yield from bucketed

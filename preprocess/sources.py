@@ -298,13 +298,15 @@ class ReadBlocksFn(beam.DoFn):
 
     def __init__(self, block_bytes: int = BLOCK_BYTES, raw: bool = False) -> None:
         self.block_bytes = block_bytes
-        self.lines = (lambda data: data) if raw else block_lines
+        self.raw = raw
+
+    def block(self, data: bytes) -> Any:
+        return data if self.raw else block_lines(data)
 
     def process(self, file_range: tuple) -> Iterable:
-        block_lines = self.lines
         path, start, end = file_range
         if end >= 0:
-            yield block_lines(range_text(path, start, end))
+            yield self.block(range_text(path, start, end))
             return
         with FileSystems.open(path) as handle:  # compressed: read through, cut at newlines
             carry = b""  # the start of a line that the next chunk ends
@@ -312,13 +314,13 @@ class ReadBlocksFn(beam.DoFn):
                 chunk = handle.read(self.block_bytes)
                 if not chunk:
                     if carry:
-                        yield block_lines(carry)
+                        yield self.block(carry)
                     return
                 data = carry + chunk
                 cut = data.rfind(b"\n") + 1
                 carry = data[cut:]
                 if cut:
-                    yield block_lines(data[:cut])
+                    yield self.block(data[:cut])
 
 
 class ReadLineBlocks(beam.PTransform):
